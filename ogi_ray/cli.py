@@ -1,0 +1,171 @@
+"""The ``ogi`` command: thin argument parsing over the library (no logic of its own).
+
+    ogi demo [--out DIR]
+    ogi corpus build MIXTURE --out DIR [--policy FILE] [--seed N]
+    ogi corpus inspect DIR
+    ogi train --config FILE [--out DIR] [key=value ...]
+    ogi lineage verify RUN
+    ogi lineage show RUN
+    ogi plan ...            (scaling planner, when installed: ogi_ray.scaling.cli)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _init_ray(num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Inside `ray job submit` RAY_ADDRESS points at the cluster; locally start a fresh one.
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=False)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ogi_ray.demo import run_demo
+
+    out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    _init_ray(args.num_cpus)
+    s = run_demo(out, args.overrides)
+    print("\n=== ogi demo summary ===")
+    print(f"out:             {s['out']}")
+    print(f"corpus:          manifest_hash {s['manifest_hash']}  ({s['corpus_seconds']:.0f} s)")
+    print(f"steps:           {s['steps']}  ({s['train_seconds']:.0f} s)")
+    print(f"tokens seen:     {s['tokens_seen']}")
+    print(f"loss (lm):       {s['loss_first']:.3f} -> {s['loss_last']:.3f}")
+    print(f"checkpoints:     {len(s['checkpoints'])} ({', '.join(s['checkpoints'])})")
+    print(f"final record:    {s['head']}")
+    if s["verify_problems"]:
+        print("lineage verify:  FAILED\n  " + "\n  ".join(s["verify_problems"]))
+        return 1
+    print(f"lineage verify:  ok  (ogi lineage verify {s['out']})")
+    return 0
+
+
+def _cmd_corpus_build(args: argparse.Namespace) -> int:
+    from ogi_ray.corpus.build import build_corpus
+    from ogi_ray.corpus.inspect import table
+
+    _init_ray(args.num_cpus)
+    build_corpus(args.mixture, args.out, policy_path=args.policy, seed=args.seed)
+    print(table(args.out))
+    return 0
+
+
+def _cmd_corpus_inspect(args: argparse.Namespace) -> int:
+    from ogi_ray.corpus.inspect import table
+    from ogi_ray.corpus.manifest import verify_corpus
+
+    verify_corpus(args.dir)
+    print(table(args.dir))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ogi_ray.train.config import load_job
+    from ogi_ray.train.driver import train
+
+    job = load_job(args.config, args.overrides)
+    if args.out:
+        job = replace(job, run=replace(job.run, storage_path=args.out))
+    _init_ray(args.num_cpus)
+    print(json.dumps(train(job), indent=2))
+    return 0
+
+
+def _cmd_lineage_verify(args: argparse.Namespace) -> int:
+    from ogi_ray.lineage.verify import find_run_dir, verify_run
+
+    problems = verify_run(args.run)
+    if problems:
+        print(f"lineage verify FAILED for {find_run_dir(args.run)}:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"lineage verify ok: {find_run_dir(args.run)}")
+    return 0
+
+
+def _cmd_lineage_show(args: argparse.Namespace) -> int:
+    from ogi_ray.lineage.record import read_head, read_record
+    from ogi_ray.lineage.verify import find_run_dir
+
+    ldir = find_run_dir(args.run) / "lineage"
+    h = read_head(ldir)
+    while h:
+        r = read_record(ldir, h)
+        evals = " ".join(f"{k}={v}" for k, v in sorted(r["eval"].items()))
+        print(f"step {r['step']:>6}  {h[:16]}  weights {r['weights_root'][:16]}  {evals}")
+        h = r["parent"]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ogi", description="OGI-Ray pretraining")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="build a small real corpus, train, verify lineage")
+    d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
+    d.add_argument("overrides", nargs="*", help="job config overrides key.path=value")
+    d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("corpus", help="build or inspect a corpus").add_subparsers(dest="sub", required=True)
+    cb = c.add_parser("build")
+    cb.add_argument("mixture")
+    cb.add_argument("--out", required=True)
+    cb.add_argument("--policy", default=None)
+    cb.add_argument("--seed", type=int, default=None)
+    cb.set_defaults(func=_cmd_corpus_build)
+    ci = c.add_parser("inspect")
+    ci.add_argument("dir")
+    ci.set_defaults(func=_cmd_corpus_inspect)
+
+    t = sub.add_parser("train", help="run a training job")
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", default=None, help="storage folder for the run")
+    t.add_argument("overrides", nargs="*", help="key.path=value")
+    t.set_defaults(func=_cmd_train)
+
+    lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)
+    lv = lin.add_parser("verify")
+    lv.add_argument("run")
+    lv.set_defaults(func=_cmd_lineage_verify)
+    ls = lin.add_parser("show")
+    ls.add_argument("run")
+    ls.set_defaults(func=_cmd_lineage_show)
+
+    try:
+        from ogi_ray.scaling import cli as scaling_cli
+    except ImportError:
+        scaling_cli = None
+    if scaling_cli is not None:
+        scaling_cli.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ogi_ray.config import ConfigError
+    from ogi_ray.corpus.manifest import CorpusError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CorpusError, FileNotFoundError) as e:
+        print(f"ogi: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

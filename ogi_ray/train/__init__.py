@@ -1,0 +1,1 @@
+"""Training: typed job config, the pure PyTorch loop, the Ray worker boundary and driver."""

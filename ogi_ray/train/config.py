@@ -1,0 +1,92 @@
+"""The training job's configuration: one dataclass per component, composed here.
+
+    model: ModelConfig   data: DataConfig   optim: OptimConfig   loop: LoopConfig
+    workers: WorkersConfig   device: DeviceConfig   run: RunConfig
+
+``load_job`` reads YAML (+ ``key=value`` overrides) and validates everything once; the
+driver hands each component only its own section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ogi_ray.config import ConfigError, apply_overrides, from_dict, load_yaml
+from ogi_ray.model.config import PRESETS, ModelConfig
+from ogi_ray.parallel.device import DeviceConfig
+from ogi_ray.train.optim import OptimConfig
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    corpus: str = ""  # corpus folder (manifest.json + shards/)
+    batch_size: int = 8  # rows per data-parallel rank per step
+    seq_len: int = 128  # text tokens per row (the corpus' max_tokens)
+    eval_rows_per_source: int = 16
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    steps: int = 40
+    checkpoint_every: int = 10
+    log_every: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError("steps: must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError("checkpoint_every: must be >= 1")
+
+
+@dataclass(kw_only=True)
+class WorkersConfig:
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5  # < 1 so Ray Data's read tasks are not starved on 2 cores
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError("num_workers: must be >= 0 (0 runs in the driver)")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = "run"
+    storage_path: str = "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage_path).resolve() / self.name
+
+
+@dataclass(kw_only=True)
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def job_from_dict(data: dict[str, Any], file: str | Path | None = None) -> JobConfig:
+    # A model preset fills in the architecture; explicit keys override it.
+    model = dict(data.get("model") or {})
+    name = model.get("preset", "tiny")
+    if name not in PRESETS:
+        raise ConfigError(file, "model.preset", f"unknown preset {name!r} (known: {sorted(PRESETS)})")
+    data = {**data, "model": {**PRESETS[name], **model}}
+    return from_dict(JobConfig, data, file=file)
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    data = load_yaml(path)
+    apply_overrides(data, overrides or [])
+    return job_from_dict(data, file=path)

@@ -1,0 +1,91 @@
+"""Ray Train driver: verify the corpus, set up lineage, launch the TorchTrainer.
+
+    JobConfig ─► verify_corpus (manifest + shard hashes) ─► model dims from the manifest
+      ─► run_dir/lineage/{manifests,configs}/<hash>.json (what records point to)
+      ─► LineageRegistry actor (ray.remote here, named, restartable)
+      ─► TorchTrainer(train_func, datasets={"train": read_parquet(shards)})
+      ─► summary (rank 0's return value + checkpoints on disk)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ogi_ray.canonical import canonical_json, hash_canonical
+from ogi_ray.config import ConfigError, to_dict
+from ogi_ray.corpus.manifest import shard_paths, verify_corpus
+from ogi_ray.lineage.record import atomic_write
+from ogi_ray.lineage.registry import LineageRegistry
+from ogi_ray.parallel.device import use_gpu
+from ogi_ray.train.config import JobConfig
+from ogi_ray.train.data import COLUMNS
+from ogi_ray.train.worker import train_func
+
+
+def _fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
+    tok = manifest["tokenizers"]
+    vocab = int(tok["text"]["vocab_size"])
+    if job.model.vocab_size < vocab:
+        raise ConfigError(None, "model.vocab_size", f"{job.model.vocab_size} < corpus vocabulary {vocab}")
+    n_patches = (int(tok["image"]["size"]) // int(tok["image"]["patch"])) ** 2
+    model = replace(job.model, image_patches=n_patches, image_patch_dim=int(tok["image"]["dim"]),
+                    max_seq_len=max(job.model.max_seq_len, n_patches + job.data.seq_len))  # fmt: skip
+    model.validate()
+    return replace(job, model=model)
+
+
+def train(job: JobConfig) -> dict[str, Any]:
+    """Run a training job on the connected Ray cluster; returns the run summary."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not job.data.corpus:
+        raise ConfigError(None, "data.corpus", "no corpus folder given")
+    manifest = verify_corpus(job.data.corpus)
+    job = _fit_model_to_corpus(job, manifest)
+    run_dir = job.run.run_dir
+    lineage_dir = run_dir / "lineage"
+    job_dict = to_dict(job)
+    job_dict["data"]["corpus"] = str(Path(job.data.corpus).resolve())
+    config_hash = hash_canonical(job_dict)
+    atomic_write(lineage_dir / "manifests" / f"{manifest['manifest_hash']}.json",
+                 json.dumps(manifest, indent=1, sort_keys=True).encode())  # fmt: skip
+    atomic_write(lineage_dir / "configs" / f"{config_hash}.json", canonical_json(job_dict))
+
+    name = f"ogi-lineage-{uuid.uuid4().hex[:8]}"
+    registry = (
+        ray.remote(LineageRegistry)
+        .options(name=name, num_cpus=0, max_restarts=-1, max_task_retries=3)
+        .remote(str(lineage_dir))
+    )
+    ray.get(registry.get_head.remote())
+
+    ds = ray.data.read_parquet(shard_paths(job.data.corpus), columns=COLUMNS)
+    gpu = use_gpu(job.device)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
+            "registry": name, "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
+            "heldout": shard_paths(job.data.corpus, split="heldout"),
+        },  # fmt: skip
+        scaling_config=ScalingConfig(
+            num_workers=job.workers.num_workers, use_gpu=gpu,
+            resources_per_worker={"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),  # fmt: skip
+        run_config=RunConfig(name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve())),
+        datasets={"train": ds},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+    )
+    result = trainer.fit()
+    summary = dict(result.return_value or {})
+    summary["run_dir"] = str(run_dir)
+    summary["checkpoints"] = sorted(p.name for p in run_dir.glob("step_*") if p.is_dir())
+    summary["head"] = ray.get(registry.get_head.remote())
+    ray.kill(registry)
+    return summary
