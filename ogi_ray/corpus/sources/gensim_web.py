@@ -1,0 +1,105 @@
+"""Web text: English Wikipedia articles and ABC news stories from gensim's test data.
+
+Data (inside the gensim wheel, ``gensim/test/test_data/``):
+
+* ``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``: a real 2016
+  enwiki XML dump, read with gensim's own ``extract_pages`` (main namespace only) and
+  ``filter_wiki``; redirects are dropped, leaving 106 articles (Anarchism, Autism, ...).
+  License: CC-BY-SA-3.0 (Wikipedia text).
+* ``lee_background.cor``: 300 ABC news articles, one per line (the Lee corpus, which gensim
+  redistributes for research; no explicit license is stated).
+
+Items: ``wiki:<title>`` (one article) and ``lee:<NNN>`` (one news story, by line number).
+Each item yields one sample ``{"doc_id": item, "text": ...}``.
+
+params: ``max_items`` (int, default all: an evenly spaced subset of the sorted items),
+``include`` (list of "wiki", "lee"; default both).
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import re
+from collections.abc import Iterator
+
+from ogi_ray.corpus.sources import RawSample
+
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+LEE_FILE = "lee_background.cor"
+
+
+def _datapath(name: str) -> str:
+    from gensim.test.utils import datapath
+
+    return datapath(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _wiki_pages() -> dict[str, str]:
+    """title -> raw wikitext. Parsing the dump costs ~0.5 s, so each process does it once."""
+    from gensim.corpora.wikicorpus import extract_pages
+
+    pages: dict[str, str] = {}
+    with bz2.open(_datapath(WIKI_FILE)) as f:
+        for title, text, _pageid in extract_pages(f, filter_namespaces=("0",)):
+            if text and not text.lstrip().lower().startswith("#redirect"):
+                pages.setdefault(title, text)  # first revision wins if a title repeats
+    return pages
+
+
+@functools.lru_cache(maxsize=1)
+def _lee_docs() -> tuple[str, ...]:
+    with open(_datapath(LEE_FILE), encoding="utf-8", errors="replace") as f:
+        return tuple(line.strip() for line in f)
+
+
+_HEADING = re.compile(r"^\s*(=+)\s*(.*?)\s*\1\s*$", re.MULTILINE)
+_EMPHASIS = re.compile(r"'{2,}")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def clean_wiki(raw: str) -> str:
+    """Plain text of one article: gensim's ``filter_wiki`` removes links, templates, tables
+    and refs; it leaves '''bold''' quotes and ==heading== marks, which are removed here so
+    the model sees prose, not markup."""
+    from gensim.corpora.wikicorpus import filter_wiki
+
+    text = filter_wiki(raw)
+    text = _HEADING.sub(r"\2", text)
+    text = _EMPHASIS.sub("", text)
+    text = "\n".join(line.rstrip() for line in text.splitlines())
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+def _spread(xs: list[str], n: int | None) -> list[str]:
+    # Evenly spaced over the sorted list, so a small subset still spans both corpora.
+    if n is None or n >= len(xs):
+        return xs
+    step = max(1, len(xs) // max(1, int(n)))
+    return xs[::step][: int(n)]
+
+
+def items(params: dict) -> list[str]:
+    include = set(params.get("include", ("wiki", "lee")))
+    out: list[str] = []
+    if "wiki" in include:
+        out += [f"wiki:{t}" for t in _wiki_pages()]
+    if "lee" in include:
+        out += [f"lee:{i:03d}" for i, doc in enumerate(_lee_docs()) if doc]
+    return _spread(sorted(out), params.get("max_items"))
+
+
+def read(item: str, params: dict) -> Iterator[RawSample]:
+    corpus, _, key = item.partition(":")
+    if corpus == "wiki":
+        pages = _wiki_pages()
+        if key not in pages:
+            raise KeyError(f"gensim_web: no article titled {key!r} in {WIKI_FILE}")
+        text = clean_wiki(pages[key])
+    elif corpus == "lee":
+        text = _lee_docs()[int(key)]
+    else:
+        raise ValueError(f"gensim_web: unknown item {item!r} (expected wiki:<title> or lee:<n>)")
+    if text:
+        yield {"doc_id": item, "text": text}
