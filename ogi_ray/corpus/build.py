@@ -204,9 +204,12 @@ def build_corpus(
 
         def write_split(ds: Any, folder: str) -> list[dict[str, Any]]:
             (tmp / folder).mkdir(exist_ok=True)
-            entries = []
+            entries, offset = [], 0
             for i, batch in enumerate(ds.iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow")):
                 table = batch.drop_columns([c for c in ("order",) if c in batch.column_names])
+                # position: the row's global index in the mixed order (the data cursor unit).
+                table = table.append_column("position", pa.array(range(offset, offset + table.num_rows), pa.int64()))
+                offset += table.num_rows
                 table = table.select(sorted(table.column_names))  # stable column order
                 rel = f"{folder}/part-{i:05d}.parquet"
                 pq.write_table(table, tmp / rel, compression="zstd")

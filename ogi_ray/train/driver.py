@@ -65,7 +65,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     )
     ray.get(registry.get_head.remote())
 
-    ds = ray.data.read_parquet(shard_paths(job.data.corpus), columns=COLUMNS)
+    ds = ray.data.read_parquet(shard_paths(job.data.corpus)).select_columns(COLUMNS)
     gpu = use_gpu(job.device)
     trainer = TorchTrainer(
         train_func,
