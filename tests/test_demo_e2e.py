@@ -35,7 +35,9 @@ def test_demo_trains_and_chains(demo_run):
     parent = json.loads((run / "lineage" / "records" / f"{rec['parent']}.json").read_text())
     assert parent["step"] == 3 and parent["parent"] == ""
     assert rec["manifest_hash"] == s["manifest_hash"]
-    assert set(rec["eval"]) == {"lm_loss/code", "lm_loss/photos"}
+    # The eval vector: held-out perplexity per source, vision and alignment on photos.
+    assert {"perplexity/code", "perplexity/photos", "vision/photos", "align/photos"} <= set(rec["eval"])
+    assert float(rec["eval"]["perplexity/code"]) > 1.0
 
 
 @pytest.mark.slow

@@ -5,12 +5,14 @@ outside by ``ogi_ray.parallel``; that is why attention and MLP keep separate
 ``wq/wk/wv/wo`` and ``w1/w2/w3`` linears (column/row-parallel split points) and the
 backbone is a ModuleList of identical blocks (pipeline split points).
 
-Input layout of one row (B rows per batch):
+Data flow (shapes for B rows; S = the layout's total slots, see model/layout.py):
 
-    [ image patch embeddings (B, P, D) | text token embeddings (B, T, D) ]
-      rows without an image use a learned "no image" embedding in the P slots
-    ─► L pre-norm blocks (RMSNorm, causal SDPA with rotary positions, SwiGLU)
-    ─► h (B, P+T, D): the shared representation the objectives read
+    batch tensors ─► embed: one Linear/Embedding per modality, segment + "absent"
+                     embeddings ─► x (B, S, D)
+    ─► L pre-norm blocks (RMSNorm, SDPA with rotary positions under the layout's
+       segment mask, SwiGLU) ─► h (B, S, D): the shared representation
+    ─► heads: lm logits, MAE pixels, alignment latents, world next-chunk prediction,
+       flow-matching velocity (per slot; the losses in train/losses.py pool and mask)
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         b, s, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds n_heads/tp of them.
         q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # (B, H, S, hd)
         k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fused kernel
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd), fused
         return self.wo(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -77,8 +81,10 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -86,55 +92,116 @@ class MultimodalTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.patch_embed = nn.Linear(cfg.image_patch_dim, cfg.dim)
-        self.no_image = nn.Parameter(torch.zeros(cfg.image_patches, cfg.dim))
+        lay = cfg.layout
+        d = cfg.dim
+        self.tok_embed = nn.Embedding(cfg.vocab_size, d)
+        # One embedder per modality (absent segments get no parameters).
+        self.img_embed = nn.Linear(cfg.img_dim, d) if lay.n_img else None
+        self.vid_embed = nn.Linear(cfg.vid_dim, d) if lay.n_vid else None
+        self.aud_embed = nn.Linear(cfg.aud_dim, d) if lay.n_aud else None
+        self.prop_embed = nn.Linear(cfg.prop_dim, d) if lay.n_steps else None
+        self.act_embed = nn.Linear(cfg.act_dim, d) if lay.n_steps else None
+        self.time_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d)) if lay.n_steps else None
+        sizes = lay.sizes()
+        # Per segment: a learned type embedding (added to every slot) and an "absent"
+        # embedding (replaces slots a row does not fill); MAE's mask token for img.
+        self.seg_embed = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, n in sizes.items() if n})
+        self.absent = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, n in sizes.items() if n})
+        self.mask_token = nn.Parameter(torch.zeros(d)) if lay.n_img else None
+        self.null_action = nn.Parameter(torch.zeros(d)) if lay.n_chunks >= 2 else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rotary_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        # Heads, one per objective.
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.mae_head = nn.Linear(d, cfg.img_dim) if lay.n_img else None
+        self.align_img = nn.Linear(d, d, bias=False) if (lay.n_img or lay.n_vid) else None
+        self.align_txt = nn.Linear(d, d, bias=False) if (lay.n_img or lay.n_vid) else None
+        # CLIP's learnable log inverse temperature; 1-D because FSDP2 shards no scalars.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07))) if (lay.n_img or lay.n_vid) else None
+        self.world_head = nn.Linear(d, d) if lay.n_chunks >= 2 else None
+        self.embod_head = nn.Linear(d, cfg.act_dim) if lay.n_steps else None
+        cos, sin = rotary_tables(lay.seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("attn_mask", lay.mask(), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         std = 0.02
         for name, p in self.named_parameters():
+            if name == "logit_scale":
+                continue
             if p.dim() >= 2:
                 # Residual output projections scaled by depth (GPT-2 / torchtitan practice).
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
                 nn.init.normal_(p, 0.0, std * scale)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
-        nn.init.normal_(self.no_image, 0.0, std)
+            elif name.startswith(("seg_embed", "absent", "mask_token", "null_action")):
+                nn.init.normal_(p, 0.0, std)
 
-    def embed(
-        self, tokens: torch.Tensor, patches: torch.Tensor, has_image: torch.Tensor
-    ) -> torch.Tensor:
-        """tokens (B, T) int, patches (B, P, patch_dim) float in [0, 1], has_image (B,) bool
-        → x (B, P+T, D)."""
-        img = self.patch_embed(patches)  # (B, P, D)
-        img = torch.where(has_image[:, None, None], img, self.no_image[None].to(img.dtype))
-        return torch.cat([img, self.tok_embed(tokens)], dim=1)
+    def _segment(self, name: str, x: torch.Tensor | None, present: torch.Tensor | None) -> torch.Tensor:
+        """x (B, n, D) embedded slots or None; present (B, n) bool → (B, n, D)."""
+        out = torch.where(present[..., None], x, self.absent[name].to(x.dtype)) if present is not None else x
+        return out + self.seg_embed[name].to(out.dtype)
+
+    def embed(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batch tensors (see ogi_ray/train/data.py) → x (B, S, D) in layout order."""
+        lay = self.cfg.layout
+        parts = []
+        if lay.n_img:
+            img = self.img_embed(b["img"])  # (B, n_img, D)
+            masked = torch.where(b["mae_mask"][..., None], self.mask_token.to(img.dtype), img)
+            parts.append(self._segment("img", masked, b["img_present"]))
+            parts.append(self._segment("img2", self.img_embed(b["img2"]), b["img_present"]))
+        if lay.n_vid:
+            parts.append(self._segment("vid", self.vid_embed(b["vid"]), b["vid_present"]))
+        if lay.n_aud:
+            parts.append(self._segment("aud", self.aud_embed(b["aud"]), b["aud_present"]))
+        if lay.n_steps:
+            parts.append(self._segment("prop", self.prop_embed(b["prop"]), b["step_present"]))
+            # Flow-matching input: noisy action x_t plus the embedding of its time t.
+            t_emb = self.time_embed(timestep_embedding(b["flow_t"], self.cfg.dim))  # (B, D)
+            act = self.act_embed(b["act_xt"]) + t_emb[:, None].to(self.act_embed.weight.dtype)
+            parts.append(self._segment("act", act, b["step_present"]))
+        parts.append(self._segment("txt", self.tok_embed(b["tokens"]), None))
+        return torch.cat(parts, dim=1)
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.shape[1]
-        cos, sin = self.rope_cos[:s], self.rope_sin[:s]
+        """x (B, S, D) → h (B, S, D): the shared representation the objectives read."""
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, self.rope_cos, self.rope_sin, self.attn_mask)
         return self.norm(x)
 
-    def forward(
-        self, tokens: torch.Tensor, patches: torch.Tensor, has_image: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (h, logits): h (B, P+T, D) shared representation; logits (B, T, V) where
-        logits[:, t] predicts tokens[:, t] from everything before it (patches included)."""
-        h = self.backbone(self.embed(tokens, patches, has_image))
-        p = patches.shape[1]
-        t = tokens.shape[1]
-        logits = self.lm_head(h[:, p - 1 : p - 1 + t])  # (B, T, V)
-        return h, logits
+    def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-slot outputs of every head present; losses pool and mask them."""
+        sl = self.cfg.layout.slices()
+        out = {"lm_logits": self.lm_head(h[:, sl["txt"]])}  # (B, T, V): slot t predicts t+1
+        if self.mae_head is not None:
+            out["mae_pred"] = self.mae_head(h[:, sl["img"]])  # (B, n_img, img_dim)
+        if self.align_img is not None:
+            # Returned from forward so the losses see it while FSDP has it unsharded.
+            out["logit_scale"] = self.logit_scale.sum()  # a new tensor, not a view of the param
+            out["txt_lat"] = self.align_txt(h[:, sl["txt"]])  # (B, T, D)
+            if self.cfg.n_img:
+                out["img_lat"] = self.align_img(h[:, sl["img2"]])  # (B, n_img, D)
+                out["img1_h"] = h[:, sl["img"]]
+                out["img2_h"] = h[:, sl["img2"]]
+            if self.cfg.n_vid:
+                out["vid_lat"] = self.align_img(h[:, sl["vid"]])  # (B, n_vid, D)
+        if self.world_head is not None:
+            lay = self.cfg.layout
+            chunks = h[:, sl["vid"]].unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
+            # Predict chunk c+1 from chunk c, conditioned on the learned null action.
+            out["world_pred"] = self.world_head(chunks[:, :-1] + self.null_action.to(chunks.dtype))
+        if self.embod_head is not None:
+            out["act_v"] = self.embod_head(h[:, sl["act"]])  # (B, n_steps, act_dim)
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        h = self.backbone(self.embed(batch))
+        return h, self.heads(h)
 
     def num_params(self, include_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -146,3 +213,11 @@ class MultimodalTransformer(nn.Module):
         """Training FLOPs per token: 6·N (non-embedding) + 12·L·D·S for attention (PaLM)."""
         s = seq_len or self.cfg.max_seq_len
         return 6 * self.num_params(include_embeddings=False) + 12 * self.cfg.n_layers * self.cfg.dim * s
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """t (B,) in [0, 1] → (B, dim) sinusoidal features (as in diffusion models)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)

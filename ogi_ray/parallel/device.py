@@ -59,3 +59,39 @@ def resolve(cfg: DeviceConfig, local_rank: int = 0) -> Placement:
 def use_gpu(cfg: DeviceConfig) -> bool:
     """What the Ray driver asks for (the driver may have no GPU itself: trust config)."""
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+# Dense peak FLOP/s per device from vendor datasheets (no sparsity).
+PEAK_TABLE = {
+    ("H100", "bf16"): 989e12, ("H100", "fp32"): 67e12,
+    ("H200", "bf16"): 989e12, ("H200", "fp32"): 67e12,
+    ("A100", "bf16"): 312e12, ("A100", "fp32"): 19.5e12,
+}  # fmt: skip
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, iters: int = 8) -> float:
+    """Achieved FLOP/s of square matmuls: the peak used for MFU when no table entry applies."""
+    import time
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm up kernels and caches
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t)
+
+
+def peak_flops(p: Placement) -> float:
+    kind = "bf16" if p.autocast_dtype == torch.bfloat16 else "fp32"
+    if p.device.type == "cuda":
+        name = torch.cuda.get_device_name(p.device)
+        for (gpu, k), v in PEAK_TABLE.items():
+            if gpu in name and k == kind:
+                return v
+    return measure_matmul_flops(p.device, p.autocast_dtype or torch.float32)

@@ -1,7 +1,7 @@
 """The training job's configuration: one dataclass per component, composed here.
 
     model: ModelConfig   data: DataConfig   optim: OptimConfig   loop: LoopConfig
-    workers: WorkersConfig   device: DeviceConfig   run: RunConfig
+    workers: WorkersConfig   device: DeviceConfig   tuner: TunerConfig   run: RunConfig
 
 ``load_job`` reads YAML (+ ``key=value`` overrides) and validates everything once; the
 driver hands each component only its own section.
@@ -17,18 +17,30 @@ from ogi_ray.config import ConfigError, apply_overrides, from_dict, load_yaml
 from ogi_ray.model.config import PRESETS, ModelConfig
 from ogi_ray.parallel.device import DeviceConfig
 from ogi_ray.train.optim import OptimConfig
+from ogi_ray.train.tuner import TunerConfig
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     corpus: str = ""  # corpus folder (manifest.json + shards/)
-    batch_size: int = 8  # rows per data-parallel rank per step
-    seq_len: int = 128  # text tokens per row (the corpus' max_tokens)
+    batch_size: int = 8  # rows per data-parallel rank per micro-batch
+    accum_steps: int = 2  # micro-batches per optimizer step at the start (>= 2 gives the GNS estimate)
+    max_accum_steps: int = 8
+    # Batch-size control: grow accumulation toward this many tokens per step (for example
+    # the planner's compute-scaled batch_tokens), never past the estimated critical batch.
+    # 0 keeps accum_steps fixed.
+    target_batch_tokens: int = 0
+    seq_len: int = 128  # text slots per row (rows hold at most the corpus' max_tokens)
+    max_video_tubelets: int = 64  # video slots (whole time chunks)
+    max_audio_frames: int = 32  # audio slots
+    max_steps: int = 16  # embodied timesteps per row (proprio and action slots)
     eval_rows_per_source: int = 16
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
+        if not 1 <= self.accum_steps <= self.max_accum_steps:
+            raise ValueError("accum_steps: must be in [1, max_accum_steps]")
 
 
 @dataclass(kw_only=True)
@@ -73,6 +85,7 @@ class JobConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -1,9 +1,19 @@
 """From corpus rows (Ray Data numpy batches or Parquet tables) to model tensors.
 
-    text_tokens (bytes, int32 LE)  ─► tokens  (B, T) int64, PAD-filled
-                                     targets (B, T) int64, IGNORE where padded
-    image_patches (bytes, uint8)   ─► patches (B, P, 3·p·p) float32 in [0, 1]
-                                     has_image (B,) bool
+Binary columns are decoded (layouts in docs/corpus.md) and placed in the model's fixed
+slots (model/layout.py); longer inputs are truncated to the slots, shorter ones padded
+and marked absent. Per-step randomness (MAE mask, second view, flow-matching time and
+noise) is drawn here from a generator seeded by (seed, step, rank), so a replay of the
+same step sees exactly the same batch tensors.
+
+    text_tokens  int32 LE          ─► tokens (B, T), text_valid (B, T)
+    image_patches uint8            ─► img, img2 (augmented view) (B, n_img, img_dim) in [0, 1],
+                                      img_present (B, n_img), mae_mask (B, n_img)
+    video_tubelets uint8           ─► vid (B, n_vid, vid_dim), vid_present
+    audio_frames float32           ─► aud (B, n_aud, aud_dim), aud_present
+    proprio/action float32 (T×dim) ─► prop (B, n_steps, prop_dim), act (B, n_steps, act_dim),
+                                      act_dims (B, act_dim), step_present (B, n_steps),
+                                      flow_t (B,), act_xt, act_v (flow-matching pair)
 """
 
 from __future__ import annotations
@@ -13,33 +23,83 @@ from typing import Any
 import numpy as np
 import torch
 
-from ogi_ray.model.objectives import IGNORE
+from ogi_ray.model.config import ModelConfig
+from ogi_ray.model.objectives import augment_patches, flow_matching_pair, mae_mask, sample_t
 
-COLUMNS = ["source", "text_tokens", "image_patches", "tokens_image", "tokens_text"]
+COLUMNS = [
+    "source", "position", "text_tokens", "image_patches", "video_tubelets", "audio_frames",
+    "proprio", "action", "proprio_dim", "action_dim", "tokens_text", "tokens_image",
+    "tokens_video", "tokens_audio", "tokens_proprio", "tokens_action",
+]  # fmt: skip
 PAD_ID = 0
 
 
-def collate(batch: dict[str, Any], seq_len: int, n_patches: int, patch_dim: int) -> dict[str, torch.Tensor]:
+def _fill(rows: list[np.ndarray], n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length (k_i, dim_i) arrays → (B, n, dim) zero-padded + (B, n) presence."""
+    out = np.zeros((len(rows), n, dim), np.float32)
+    present = np.zeros((len(rows), n), bool)
+    for i, r in enumerate(rows):
+        k, d = min(len(r), n), min(r.shape[1] if r.ndim == 2 else 0, dim)
+        if k and d:
+            out[i, :k, :d] = r[:k, :d]
+            present[i, :k] = True
+    return out, present
+
+
+def _decode(blob: Any, dtype: str, dim: int) -> np.ndarray:
+    if blob is None or len(blob) == 0 or dim <= 0:
+        return np.zeros((0, max(dim, 1)), dtype)
+    return np.frombuffer(blob, dtype=dtype).reshape(-1, dim)
+
+
+def seeded_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def collate(batch: dict[str, Any], cfg: ModelConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
     b = len(batch["text_tokens"])
-    tokens = np.full((b, seq_len), PAD_ID, np.int64)
-    targets = np.full((b, seq_len), IGNORE, np.int64)
-    patches = np.zeros((b, n_patches, patch_dim), np.float32)
-    has_image = np.zeros(b, bool)
+    lay = cfg.layout
+    t = lay.n_text
+    tokens = np.full((b, t), PAD_ID, np.int64)
+    text_valid = np.zeros((b, t), bool)
     for i in range(b):
-        ids = np.frombuffer(batch["text_tokens"][i], dtype="<i4")[:seq_len]
+        ids = np.frombuffer(batch["text_tokens"][i], dtype="<i4")[:t]
         tokens[i, : len(ids)] = ids
-        targets[i, : len(ids)] = ids
-        if batch["tokens_image"][i]:
-            img = np.frombuffer(batch["image_patches"][i], np.uint8).reshape(-1, patch_dim)
-            patches[i, : len(img)] = img[:n_patches] / 255.0
-            has_image[i] = True
-    return {
-        "tokens": torch.from_numpy(tokens),
-        "targets": torch.from_numpy(targets),
-        "patches": torch.from_numpy(patches),
-        "has_image": torch.from_numpy(has_image),
-        "n_tokens": torch.tensor(int((targets != IGNORE).sum())),
-    }
+        text_valid[i, : len(ids)] = True
+    out: dict[str, torch.Tensor] = {
+        "tokens": torch.from_numpy(tokens), "text_valid": torch.from_numpy(text_valid),
+        "n_tokens": torch.tensor(int(text_valid.sum())),
+    }  # fmt: skip
+    if lay.n_img:
+        img, present = _fill([_decode(x, "u1", cfg.img_dim) for x in batch["image_patches"]], lay.n_img, cfg.img_dim)
+        img_t = torch.from_numpy(img) / 255.0
+        out["img"], out["img_present"] = img_t, torch.from_numpy(present)
+        out["img2"] = augment_patches(img_t, gen)  # second view for InfoNCE and align
+        out["mae_mask"] = mae_mask(b, lay.n_img, cfg.mask_ratio, gen) & out["img_present"]
+    if lay.n_vid:
+        vid, present = _fill([_decode(x, "u1", cfg.vid_dim) for x in batch["video_tubelets"]], lay.n_vid, cfg.vid_dim)
+        out["vid"], out["vid_present"] = torch.from_numpy(vid) / 255.0, torch.from_numpy(present)
+    if lay.n_aud:
+        aud, present = _fill([_decode(x, "<f4", cfg.aud_dim) for x in batch["audio_frames"]], lay.n_aud, cfg.aud_dim)
+        out["aud"], out["aud_present"] = torch.from_numpy(aud), torch.from_numpy(present)
+    if lay.n_steps:
+        prop_rows = [_decode(x, "<f4", int(d)) for x, d in zip(batch["proprio"], batch["proprio_dim"], strict=True)]
+        act_rows = [_decode(x, "<f4", int(d)) for x, d in zip(batch["action"], batch["action_dim"], strict=True)]
+        for r in act_rows + prop_rows:
+            if r.shape[1] > max(cfg.act_dim, cfg.prop_dim):
+                raise ValueError(f"proprio/action width {r.shape[1]} exceeds the model's {cfg.act_dim}")
+        prop, _ = _fill(prop_rows, lay.n_steps, cfg.prop_dim)
+        act, step_present = _fill(act_rows, lay.n_steps, cfg.act_dim)
+        act_dims = np.zeros((b, cfg.act_dim), bool)
+        for i, r in enumerate(act_rows):
+            act_dims[i, : r.shape[1] if len(r) else 0] = True
+        x1 = torch.from_numpy(act)  # (B, n_steps, act_dim) clean action chunk
+        ft = sample_t(b, gen)  # (B,)
+        noise = torch.randn(x1.shape, generator=gen)
+        xt, v = flow_matching_pair(x1, noise, ft)
+        out.update(prop=torch.from_numpy(prop), act=x1, act_dims=torch.from_numpy(act_dims),
+                   step_present=torch.from_numpy(step_present), flow_t=ft, act_xt=xt, act_v=v)  # fmt: skip
+    return out
 
 
 def read_heldout(paths: list[str], rows_per_source: int) -> dict[str, dict[str, Any]]:

@@ -23,31 +23,49 @@ from ogi_ray.lineage.registry import LineageRegistry
 from ogi_ray.parallel.device import use_gpu
 from ogi_ray.train.config import JobConfig
 from ogi_ray.train.data import COLUMNS
+from ogi_ray.train.tuner import LossWeightTuner
 from ogi_ray.train.worker import train_func
 
 
-def _fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
+def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
+    """Fill the model's token layout from the corpus' tokenizers and modalities, and the
+    tuner's objectives from the layout (unless the config names them)."""
     tok = manifest["tokenizers"]
+    mods = {m for s in manifest["sources"] for m in s["modalities"]}
     vocab = int(tok["text"]["vocab_size"])
     if job.model.vocab_size < vocab:
         raise ConfigError(None, "model.vocab_size", f"{job.model.vocab_size} < corpus vocabulary {vocab}")
-    n_patches = (int(tok["image"]["size"]) // int(tok["image"]["patch"])) ** 2
-    model = replace(job.model, image_patches=n_patches, image_patch_dim=int(tok["image"]["dim"]),
-                    max_seq_len=max(job.model.max_seq_len, n_patches + job.data.seq_len))  # fmt: skip
+    d = job.data
+    grid = (int(tok["image"]["size"]) // int(tok["image"]["patch"])) ** 2
+    vgrid = (int(tok["video"]["size"]) // int(tok["video"]["patch"])) ** 2
+    model = replace(
+        job.model,
+        n_text=d.seq_len,
+        n_img=grid if "image" in mods else 0, img_dim=int(tok["image"]["dim"]),
+        n_vid=(d.max_video_tubelets // vgrid) * vgrid if "video" in mods else 0,
+        vid_group=vgrid, vid_dim=int(tok["video"]["dim"]),
+        n_aud=d.max_audio_frames if "audio" in mods else 0, aud_dim=int(tok["audio"]["frame"]),
+        n_steps=d.max_steps if mods & {"proprio", "action"} else 0,
+    )  # fmt: skip
     model.validate()
-    return replace(job, model=model)
+    tuner = job.tuner
+    if set(tuner.objectives) != set(model.objectives):
+        tuner = replace(tuner, objectives=model.objectives,
+                        initial={k: v for k, v in (tuner.initial or {}).items() if k in model.objectives} or None)  # fmt: skip
+        tuner.validate()
+    return replace(job, model=model, tuner=tuner)
 
 
 def train(job: JobConfig) -> dict[str, Any]:
     """Run a training job on the connected Ray cluster; returns the run summary."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not job.data.corpus:
         raise ConfigError(None, "data.corpus", "no corpus folder given")
     manifest = verify_corpus(job.data.corpus)
-    job = _fit_model_to_corpus(job, manifest)
+    job = fit_model_to_corpus(job, manifest)
     run_dir = job.run.run_dir
     lineage_dir = run_dir / "lineage"
     job_dict = to_dict(job)
@@ -64,6 +82,9 @@ def train(job: JobConfig) -> dict[str, Any]:
         .remote(str(lineage_dir))
     )
     ray.get(registry.get_head.remote())
+    tuner_name = f"ogi-tuner-{uuid.uuid4().hex[:8]}"
+    tuner = ray.remote(LossWeightTuner).options(name=tuner_name, num_cpus=0).remote(to_dict(job.tuner))
+    ray.get(tuner.weights.remote())
 
     ds = ray.data.read_parquet(shard_paths(job.data.corpus)).select_columns(COLUMNS)
     gpu = use_gpu(job.device)
@@ -71,7 +92,8 @@ def train(job: JobConfig) -> dict[str, Any]:
         train_func,
         train_loop_config={
             "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
-            "registry": name, "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
+            "registry": name, "tuner": tuner_name,
+            "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
             "heldout": shard_paths(job.data.corpus, split="heldout"),
         },  # fmt: skip
         scaling_config=ScalingConfig(
@@ -80,6 +102,9 @@ def train(job: JobConfig) -> dict[str, Any]:
         ),  # fmt: skip
         run_config=RunConfig(name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve())),
         datasets={"train": ds},
+        # Not split: every rank reads the same global order and takes its dp slice, so
+        # the data cursor is one global row number whatever the world size.
+        dataset_config=DataConfig(datasets_to_split=[]),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
     )
     result = trainer.fit()
@@ -88,4 +113,5 @@ def train(job: JobConfig) -> dict[str, Any]:
     summary["checkpoints"] = sorted(p.name for p in run_dir.glob("step_*") if p.is_dir())
     summary["head"] = ray.get(registry.get_head.remote())
     ray.kill(registry)
+    ray.kill(tuner)
     return summary

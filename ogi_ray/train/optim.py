@@ -74,3 +74,14 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"gradient norm is {value}")
     return value
+
+
+def total_grad_sq_norm(model: nn.Module) -> float:
+    """‖g‖² over all (possibly sharded) gradients, without clipping."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm) ** 2

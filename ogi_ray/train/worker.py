@@ -2,12 +2,14 @@
 
     config dict ─► JobConfig ─► placement (device/backend) ─► plain model
       ─► parallel.apply(model, mesh) ─► AdamW + schedule ─► resume from Ray's checkpoint
-      ─► loop.run(batches from ray.train.get_dataset_shard("train"))
-           each step: metrics (all-reduced) ─► metrics.jsonl (rank 0)
-           each checkpoint: eval on held-out rows ─► checkpoint.save ─► lineage marker
-                            ─► ray.train.report(checkpoint) ─► LineageRegistry.append
+      ─► each step: k global micro-batches from the corpus stream (every dp rank sees the
+         same global order and takes its slice: the data cursor is a global row number)
+         ─► loop.train_step (λ from the LossWeightTuner actor, fetched without blocking)
+         ─► metrics (all-reduced) ─► metrics.jsonl (rank 0), tuner.report (fire and forget)
+      ─► each checkpoint: held-out eval ─► checkpoint.save ─► lineage marker
+         ─► ray.train.report(checkpoint) ─► LineageRegistry.append
 
-Only this module touches ``ray.train``; the loop itself is plain PyTorch.
+Only this module touches ``ray.train``; the step itself is plain PyTorch (loop.py).
 """
 
 from __future__ import annotations
@@ -26,30 +28,56 @@ import torch.distributed as dist
 from ogi_ray.lineage.record import make_record, record_hash
 from ogi_ray.model import build
 from ogi_ray.parallel import apply as par
-from ogi_ray.parallel.device import resolve
+from ogi_ray.parallel.device import peak_flops, resolve
+from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.train import checkpoint as ckpt
 from ogi_ray.train import loop
-from ogi_ray.train.config import DataConfig, job_from_dict
-from ogi_ray.train.data import collate, read_heldout
+from ogi_ray.train.config import job_from_dict
+from ogi_ray.train.data import collate, read_heldout, seeded_generator
 from ogi_ray.train.optim import build_optimizer
 
 
-def _batches(shard: Any, data: DataConfig, n_patches: int, patch_dim: int, skip: int) -> Iterator[dict]:
-    """Endless stream of collated batches over epochs, skipping ``skip`` already-seen ones."""
-    seen = 0
+def global_row_stream(shard: Any, rows: int, start: int) -> Iterator[Any]:
+    """Endless pyarrow tables of ``rows`` consecutive rows of the corpus order (wrapping
+    over epochs), beginning at global row ``start``. Every rank reads the same stream."""
+    import pyarrow as pa
+
+    carry, pos = None, 0
     while True:
-        for b in shard.iter_batches(batch_size=data.batch_size, batch_format="numpy", drop_last=True):
-            seen += 1
-            if seen > skip:
-                yield collate(b, data.seq_len, n_patches, patch_dim)
+        for batch in shard.iter_batches(batch_size=rows, batch_format="pyarrow"):
+            n = batch.num_rows
+            if pos + n <= start:  # before the cursor: skip without decoding
+                pos += n
+                continue
+            if pos < start:
+                batch, pos = batch.slice(start - pos), start
+            pos += batch.num_rows
+            carry = batch if carry is None else pa.concat_tables([carry, batch])
+            while carry.num_rows >= rows:
+                yield carry.slice(0, rows)
+                carry = carry.slice(rows)
 
 
-def _all_mean(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+def _reduce_metrics(metrics: dict[str, Any], objectives: list[str], ntok: float) -> tuple[dict[str, float], float]:
+    """Mean of each objective's loss and raw grad norm over the ranks that had it (ranks
+    differ in which objectives their rows feed), and the summed token count."""
+    keys = [f"{p}/{n}" for n in objectives for p in ("loss", "gradnorm_raw")]
+    vals = []
+    for k in keys:
+        vals += [metrics.get(k, 0.0), 1.0 if k in metrics else 0.0]
+    t = torch.tensor(vals + [ntok], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.tolist()
+    pairs = t[:-1].view(-1, 2).tolist()
+    return {k: s / c for k, (s, c) in zip(keys, pairs, strict=True) if c > 0}, float(t[-1])
+
+
+def _broadcast(obj: Any) -> Any:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
@@ -57,89 +85,152 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
 
     job = job_from_dict(config["job"])
+    mcfg, data = job.model, job.data
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = resolve(job.device, ctx.get_local_rank())
     run_dir = Path(config["run_dir"])
-    n_patches, patch_dim = job.model.image_patches, job.model.image_patch_dim
+    dp, dp_rank = world, rank  # FSDP over all ranks (tp/pp meshes take their share here)
 
     torch.manual_seed(job.loop.seed)  # identical initial weights on every rank
-    model = build(job.model).to(placement.device)
+    model = build(mcfg).to(placement.device)
+    world_target = loop.make_world_target(model)
     model = par.apply(model, par.build_mesh(placement.device.type, world))
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
+    objectives = mcfg.objectives
 
-    start_step, batches_seen, tokens_seen = 0, 0, 0
-    resumed = ray.train.get_checkpoint()
+    tuner = ray.get_actor(config["tuner"]) if config.get("tuner") else None
     registry = ray.get_actor(config["registry"]) if rank == 0 else None
+    lambdas = {n: 1.0 for n in objectives}
+    start_step, cursor, tokens_seen = 0, 0, 0
+    resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             state = ckpt.load(Path(d), model, opt, sched)
             marker = json.loads((Path(d) / "lineage.json").read_text())
-        start_step, batches_seen, tokens_seen = state["step"], state["batches_seen"], state["tokens_seen"]
-        if registry is not None:  # a crash between report and append: finish the append
+            if world_target is not None and (Path(d) / "world_target.pt").is_file():
+                world_target.load_state_dict(torch.load(Path(d) / "world_target.pt"))
+        start_step, cursor, tokens_seen = state["step"], state["cursor"], state["tokens_seen"]
+        lambdas = state.get("lambdas", lambdas)
+        ckpt.set_rng_state(state["rng"])
+        if rank == 0:
+            if tuner is not None and state.get("tuner"):
+                ray.get(tuner.load_state_dict.remote(state["tuner"]))
+            # A crash between report and append: finish the append (idempotent).
             ray.get(registry.append.remote({k: v for k, v in marker["record"].items() if k != "schema"}))
 
     heldout = {
-        src: collate(rows, job.data.seq_len, n_patches, patch_dim)
-        for src, rows in read_heldout(config["heldout"], job.data.eval_rows_per_source).items()
+        src: collate(rows, mcfg, seeded_generator(job.loop.seed, -1, 0))
+        for src, rows in read_heldout(config["heldout"], data.eval_rows_per_source).items()
     }
-    shard = ray.train.get_dataset_shard("train")
-    batches = _batches(shard, job.data, n_patches, patch_dim, batches_seen // max(world, 1))
-    history: list[dict[str, float]] = []
-    t_last = time.perf_counter()
+    g_rows = dp * data.batch_size  # one global micro-batch
+    stream = global_row_stream(ray.train.get_dataset_shard("train"), g_rows, cursor)
+    flops_per_token = model.flops_per_token()
+    peak = peak_flops(placement)  # per device: a table entry, else a matmul probe
+    history: list[dict[str, Any]] = []
+    segment: list[dict[str, Any]] = []  # per-step inputs since the last checkpoint (replay)
+    pending = None
     last_record = ""
+    gns = GradientNoiseScale()
+    accum = data.accum_steps
+    if resumed is not None:
+        accum = state.get("accum", accum)
+        if state.get("gns"):
+            gns.load_state_dict(state["gns"])
+    t_last = time.perf_counter()
 
-    def on_step(step: int, metrics: dict[str, float], batch: dict[str, torch.Tensor]) -> None:
-        nonlocal tokens_seen, batches_seen, t_last, last_record
-        loss, ntok = _all_mean([metrics["loss/lm"], float(batch["n_tokens"])])
-        ntok_global = int(round(ntok * world))
-        tokens_seen += ntok_global
-        batches_seen += world
+    for step in range(start_step, job.loop.steps):
+        gen = seeded_generator(job.loop.seed, step, dp_rank)
+        micro = []
+        for _ in range(accum):
+            table = next(stream)
+            mine = table.slice(dp_rank * data.batch_size, data.batch_size).to_pydict()
+            micro.append(collate(mine, mcfg, gen))
+        segment.append({"step": step, "cursor": cursor, "lambdas": dict(lambdas), "accum": accum})
+        metrics = loop.train_step(model, opt, sched, micro, cfg=mcfg, placement=placement,
+                                  grad_clip=job.optim.grad_clip, lambdas=lambdas,
+                                  world_target=world_target)  # fmt: skip
+        cursor += accum * g_rows
+        row, total_tok = _reduce_metrics(metrics, objectives, float(sum(int(m["n_tokens"]) for m in micro)))
+        batch_tokens = int(round(total_tok))
+        tokens_seen += batch_tokens
         now = time.perf_counter()
-        row = {**metrics, "loss/lm": loss, "step": step, "batch_tokens": ntok_global,
-               "tokens_seen": tokens_seen, "tokens_per_s": ntok_global / max(now - t_last, 1e-9)}  # fmt: skip
-        t_last = now
+        dt, t_last = max(now - t_last, 1e-9), now
+        row.update(step=step, lr=metrics["lr"], grad_norm=metrics["grad_norm"], batch_tokens=batch_tokens,
+                   tokens_seen=tokens_seen, tokens_per_s=batch_tokens / dt, cursor=cursor,
+                   accum_steps=accum)  # fmt: skip
+        # Gradient noise scale: one global micro-batch (small) vs the whole step (big).
+        b_noise = None
+        if metrics["gns_small_sq"] is not None and batch_tokens > 0:
+            b_noise = gns.update(metrics["gns_small_sq"], metrics["gns_big_sq"], batch_tokens / accum, batch_tokens)
+        row["critical_batch_tokens"] = b_noise
+        if data.target_batch_tokens:
+            want = cap_batch(float(data.target_batch_tokens), b_noise)
+            ideal = round(want / max(batch_tokens / accum, 1.0))
+            # One micro-batch more or less per step; at least 2 keeps the estimate alive.
+            accum = max(min(2, data.max_accum_steps), min(data.max_accum_steps, accum + (ideal > accum) - (ideal < accum)))
+        row["target_batch_tokens"] = data.target_batch_tokens or None
+        row["mfu"] = batch_tokens / dt * flops_per_token / (peak * world)
+        for n in objectives:
+            row[f"lambda/{n}"] = lambdas.get(n, 1.0)
+        if rank == 0 and tuner is not None:
+            raw = {n: row[f"gradnorm_raw/{n}"] for n in objectives if f"gradnorm_raw/{n}" in row}
+            tuner.report.remote(step, raw)
+            if pending is None:
+                pending = tuner.metrics.remote()
+            elif ray.wait([pending], timeout=0)[0]:  # never block the step on the actor
+                tm = ray.get(pending)
+                pending = None
+                lambdas = {n: tm.get(f"tuner/lambda/{n}", lambdas.get(n, 1.0)) for n in objectives}
+                for n in objectives:
+                    if f"tuner/gnorm/{n}" in tm:
+                        row[f"gradnorm/{n}"] = lambdas[n] * tm[f"tuner/gnorm/{n}"]
+                row["tuner/imbalance"] = tm.get("tuner/imbalance")
+        lambdas, accum = _broadcast((lambdas, accum))  # identical λ and batch on every rank
         history.append(row)
         if rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         done = step + 1
         if done % job.loop.checkpoint_every == 0 or done == job.loop.steps:
-            last_record = _checkpoint(done, row)
+            scores = loop.evaluate(model, heldout, mcfg, placement, world_target)
+            tuner_state = ray.get(tuner.state_dict.remote()) if (rank == 0 and tuner is not None) else None
+            state = {"step": done, "cursor": cursor, "tokens_seen": tokens_seen, "lambdas": lambdas,
+                     "rng": ckpt.rng_state(), "tuner": tuner_state, "accum": accum,
+                     "gns": gns.state_dict()}  # fmt: skip
+            tmp = Path(tempfile.mkdtemp(prefix=f"ogi-ckpt-{done}-"))
+            root = ckpt.save(tmp, model, opt, sched, state, rank)
+            name = f"step_{done:06d}"
+            fields: dict[str, Any] = {}
+            if rank == 0:
+                if world_target is not None:
+                    torch.save(world_target.state_dict(), tmp / "world_target.pt")
+                (tmp / "segment.json").write_text(json.dumps(segment))
+                fields = {
+                    "run": config["run_name"], "step": done, "parent": ray.get(registry.get_head.remote()),
+                    "checkpoint": name, "weights_root": root, "weights_hash": "sha256-merkle-v1",
+                    "weights_file": ckpt.WEIGHTS_FILE, "manifest_hash": config["manifest_hash"],
+                    "config_hash": config["config_hash"], "rng": ckpt.rng_commitment(), "eval": scores,
+                    "data_cursor": {"rows": cursor, "tokens_seen": tokens_seen},
+                }  # fmt: skip
+                rec = make_record(**fields)
+                (tmp / "lineage.json").write_text(json.dumps({"record_hash": record_hash(rec), "record": rec}, indent=1))
+            report_ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if rank == 0 else None
+            ray.train.report({**row, **scores}, checkpoint=report_ckpt, checkpoint_dir_name=name)
+            if rank == 0:
+                last_record = ray.get(registry.append.remote(fields))
+            shutil.rmtree(tmp, ignore_errors=True)
+            segment = []
         elif done % job.loop.log_every == 0:
             ray.train.report(row)
 
-    def _checkpoint(done: int, row: dict[str, float]) -> str:
-        scores = loop.evaluate(model, heldout, placement)
-        state = {"step": done, "batches_seen": batches_seen, "tokens_seen": tokens_seen, "rng": ckpt.rng_state()}
-        tmp = Path(tempfile.mkdtemp(prefix=f"ogi-ckpt-{done}-"))
-        root = ckpt.save(tmp, model, opt, sched, state, rank)
-        name = f"step_{done:06d}"
-        h = ""
-        if rank == 0:
-            fields = {
-                "run": config["run_name"], "step": done, "parent": ray.get(registry.get_head.remote()),
-                "checkpoint": name, "weights_root": root, "weights_hash": "sha256-merkle-v1",
-                "weights_file": ckpt.WEIGHTS_FILE, "manifest_hash": config["manifest_hash"],
-                "config_hash": config["config_hash"], "rng": ckpt.rng_commitment(), "eval": scores,
-                "data_cursor": {"batches_seen": batches_seen, "tokens_seen": tokens_seen},
-            }  # fmt: skip
-            rec = make_record(**fields)
-            h = record_hash(rec)
-            (tmp / "lineage.json").write_text(json.dumps({"record_hash": h, "record": rec}, indent=1))
-        report_ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if rank == 0 else None
-        ray.train.report({**row, **scores}, checkpoint=report_ckpt, checkpoint_dir_name=name)
-        if rank == 0:
-            got = ray.get(registry.append.remote(fields))
-            assert got == h, f"registry stored {got}, expected {h}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        return h
+    def first_last(key: str) -> tuple[float | None, float | None]:
+        vals = [h[key] for h in history if key in h]
+        return (vals[0], vals[-1]) if vals else (None, None)
 
-    loop.run(model, opt, sched, batches, placement=placement, grad_clip=job.optim.grad_clip,
-             start_step=start_step, total_steps=job.loop.steps, on_step=on_step)  # fmt: skip
-    losses = [h["loss/lm"] for h in history]
+    losses = {n: first_last(f"loss/{n}") for n in objectives}
     return {
         "steps": job.loop.steps, "start_step": start_step, "tokens_seen": tokens_seen,
-        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "final_record": last_record,
+        "loss_first": losses["lm"][0], "loss_last": losses["lm"][1], "losses": losses,
+        "final_record": last_record, "objectives": objectives,
     }  # fmt: skip

@@ -1,0 +1,90 @@
+"""The five objectives of one step, computed from the model's head outputs and the batch.
+
+    heads(h) + batch ─► lm      CE of text slot t against token t+1 (padding ignored)
+                     ─► vision  MAE on masked patches (normalised pixels) + InfoNCE
+                                between the pooled masked view and the augmented view
+                     ─► align   CLIP loss: pooled image/video latents vs caption latents
+                     ─► world   next-chunk latent vs stop-gradient EMA tubelet encoder
+                     ─► embod   flow-matching velocity on valid steps and action dims
+
+An objective is present in a step only when the batch has rows it applies to (and at
+least two for the contrastive ones); absent ones are simply missing from the dict.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ogi_ray.model.config import ModelConfig
+from ogi_ray.model.objectives import (
+    IGNORE,
+    clip_loss,
+    flow_matching_loss,
+    info_nce,
+    lm_loss,
+    mae_loss,
+    normalize_patches,
+    world_loss,
+)
+
+INFO_NCE_TEMPERATURE = 0.1
+VISION_CONTRASTIVE_WEIGHT = 0.5
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, n, D), mask (B, n) → (B, D) mean over present slots."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def compute_losses(
+    out: dict[str, torch.Tensor], b: dict[str, torch.Tensor], cfg: ModelConfig,
+    world_target: nn.Module | None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    lay = cfg.layout
+    losses: dict[str, torch.Tensor] = {}
+    targets = b["tokens"][:, 1:].masked_fill(~b["text_valid"][:, 1:], IGNORE)
+    if bool((targets != IGNORE).any()):
+        losses["lm"] = lm_loss(out["lm_logits"][:, :-1], targets)
+
+    has_text = b["text_valid"].any(1)
+    lat_img, lat_txt = [], []
+    if lay.n_img:
+        rows = b["img_present"].any(1)
+        if bool(rows.any()):
+            mae = mae_loss(out["mae_pred"][rows].float(), normalize_patches(b["img"][rows]), b["mae_mask"][rows])
+            vision = mae
+            if int(rows.sum()) >= 2:
+                z1 = _masked_mean(out["img1_h"][rows], b["img_present"][rows]).float()
+                z2 = _masked_mean(out["img2_h"][rows], b["img_present"][rows]).float()
+                vision = mae + VISION_CONTRASTIVE_WEIGHT * info_nce(z1, z2, INFO_NCE_TEMPERATURE)
+            losses["vision"] = vision
+        pair = rows & has_text
+        lat_img.append(_masked_mean(out["img_lat"][pair], b["img_present"][pair]))
+        lat_txt.append(_masked_mean(out["txt_lat"][pair], b["text_valid"][pair]))
+    if lay.n_vid and "vid_lat" in out:
+        pair = b["vid_present"].any(1) & has_text
+        lat_img.append(_masked_mean(out["vid_lat"][pair], b["vid_present"][pair]))
+        lat_txt.append(_masked_mean(out["txt_lat"][pair], b["text_valid"][pair]))
+    if lat_img and "logit_scale" in out:
+        zi, zt = torch.cat(lat_img).float(), torch.cat(lat_txt).float()
+        if zi.shape[0] >= 2:
+            losses["align"] = clip_loss(zi, zt, out["logit_scale"])
+
+    if "world_pred" in out and world_target is not None:
+        chunk_present = b["vid_present"].unflatten(1, (lay.n_chunks, lay.vid_group)).all(2)  # (B, C)
+        valid = chunk_present[:, :-1] & chunk_present[:, 1:]
+        if bool(valid.any()):
+            with torch.no_grad():
+                tgt = world_target(b["vid"]).unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
+            losses["world"] = world_loss(out["world_pred"].float(), tgt[:, 1:].float(), valid)
+
+    if "act_v" in out:
+        rows = b["step_present"].any(1)
+        if bool(rows.any()):
+            dims = b["act_dims"][rows][:, None, :].to(out["act_v"].dtype)  # (b, 1, A): real action dims
+            losses["embod"] = flow_matching_loss(
+                (out["act_v"][rows] * dims).float(), (b["act_v"][rows] * dims).float(), b["step_present"][rows]
+            )
+    return losses
