@@ -146,12 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("run")
     ls.set_defaults(func=_cmd_lineage_show)
 
-    try:
-        from ogi_ray.scaling import cli as scaling_cli
-    except ImportError:
-        scaling_cli = None
-    if scaling_cli is not None:
-        scaling_cli.register(sub)
+    from ogi_ray.parallel import cli as parallel_cli
+    from ogi_ray.scaling import cli as scaling_cli
+
+    scaling_cli.register(sub)
+    parallel_cli.register(sub)
     return p
 
 
