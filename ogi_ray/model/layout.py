@@ -22,8 +22,10 @@ A slot a row does not fill holds a learned "absent" embedding of its segment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the planner imports layouts without paying for torch
+    import torch
 
 SEGMENTS = ("img", "img2", "vid", "aud", "prop", "act", "txt")
 _ATTENDS = {
@@ -67,6 +69,8 @@ class Layout:
 
     def mask(self) -> torch.Tensor:
         """(S, S) bool, True where query (row) may attend to key (column)."""
+        import torch
+
         s = self.seq_len
         m = torch.zeros(s, s, dtype=torch.bool)
         sl = self.slices()

@@ -106,7 +106,8 @@ class MultimodalTransformer(nn.Module):
         # Per segment: a learned type embedding (added to every slot) and an "absent"
         # embedding (replaces slots a row does not fill); MAE's mask token for img.
         self.seg_embed = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, n in sizes.items() if n})
-        self.absent = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, n in sizes.items() if n})
+        # (Text slots are always filled: padding is a token, so "txt" has no absent embedding.)
+        self.absent = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, n in sizes.items() if n and k != "txt"})
         self.mask_token = nn.Parameter(torch.zeros(d)) if lay.n_img else None
         self.null_action = nn.Parameter(torch.zeros(d)) if lay.n_chunks >= 2 else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))

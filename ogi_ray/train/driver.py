@@ -86,6 +86,8 @@ def train(job: JobConfig) -> dict[str, Any]:
     tuner = ray.remote(LossWeightTuner).options(name=tuner_name, num_cpus=0).remote(to_dict(job.tuner))
     ray.get(tuner.weights.remote())
 
+    # Keep the corpus order through Ray Data: the data cursor counts rows in that order.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(shard_paths(job.data.corpus)).select_columns(COLUMNS)
     gpu = use_gpu(job.device)
     trainer = TorchTrainer(
@@ -95,6 +97,7 @@ def train(job: JobConfig) -> dict[str, Any]:
             "registry": name, "tuner": tuner_name,
             "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
             "heldout": shard_paths(job.data.corpus, split="heldout"),
+            "total_rows": manifest["total_rows"],
         },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=job.workers.num_workers, use_gpu=gpu,

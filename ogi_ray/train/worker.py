@@ -124,6 +124,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         for src, rows in read_heldout(config["heldout"], data.eval_rows_per_source).items()
     }
     g_rows = dp * data.batch_size  # one global micro-batch
+    n_rows = int(config["total_rows"])
     stream = global_row_stream(ray.train.get_dataset_shard("train"), g_rows, cursor)
     flops_per_token = model.flops_per_token()
     peak = peak_flops(placement)  # per device: a table entry, else a matmul probe
@@ -142,9 +143,13 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     for step in range(start_step, job.loop.steps):
         gen = seeded_generator(job.loop.seed, step, dp_rank)
         micro = []
-        for _ in range(accum):
+        for j in range(accum):
             table = next(stream)
             mine = table.slice(dp_rank * data.batch_size, data.batch_size).to_pydict()
+            # The cursor is only meaningful if the stream follows the corpus order exactly.
+            first = (cursor + j * g_rows + dp_rank * data.batch_size) % n_rows
+            if mine["position"][0] != first:
+                raise RuntimeError(f"data stream out of order: row {mine['position'][0]}, expected {first}")
             micro.append(collate(mine, mcfg, gen))
         segment.append({"step": step, "cursor": cursor, "lambdas": dict(lambdas), "accum": accum})
         metrics = loop.train_step(model, opt, sched, micro, cfg=mcfg, placement=placement,
@@ -197,7 +202,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             tuner_state = ray.get(tuner.state_dict.remote()) if (rank == 0 and tuner is not None) else None
             state = {"step": done, "cursor": cursor, "tokens_seen": tokens_seen, "lambdas": lambdas,
                      "rng": ckpt.rng_state(), "tuner": tuner_state, "accum": accum,
-                     "gns": gns.state_dict()}  # fmt: skip
+                     "gns": gns.state_dict(), "world_size": world,
+                     "threads": torch.get_num_threads()}  # fmt: skip
             tmp = Path(tempfile.mkdtemp(prefix=f"ogi-ckpt-{done}-"))
             root = ckpt.save(tmp, model, opt, sched, state, rank)
             name = f"step_{done:06d}"
