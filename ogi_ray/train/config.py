@@ -61,6 +61,11 @@ class LoopConfig:
 class WorkersConfig:
     num_workers: int = 2
     cpus_per_worker: float = 0.5  # < 1 so Ray Data's read tasks are not starved on 2 cores
+    # A failed worker group is restarted from the latest checkpoint this many times.
+    max_failures: int = 2
+    # An impossible placement fails after this many controller retries instead of
+    # retrying forever (Ray's default is unlimited).
+    controller_failure_limit: int = 3
 
     def validate(self) -> None:
         if self.num_workers < 0:

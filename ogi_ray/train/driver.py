@@ -59,7 +59,7 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
 def train(job: JobConfig) -> dict[str, Any]:
     """Run a training job on the connected Ray cluster; returns the run summary."""
     import ray
-    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not job.data.corpus:
@@ -103,7 +103,11 @@ def train(job: JobConfig) -> dict[str, Any]:
             num_workers=job.workers.num_workers, use_gpu=gpu,
             resources_per_worker={"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})},
         ),  # fmt: skip
-        run_config=RunConfig(name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve())),
+        run_config=RunConfig(
+            name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=job.workers.max_failures,
+                                         controller_failure_limit=job.workers.controller_failure_limit),
+        ),  # fmt: skip
         datasets={"train": ds},
         # Not split: every rank reads the same global order and takes its dp slice, so
         # the data cursor is one global row number whatever the world size.

@@ -15,6 +15,7 @@ Only this module touches ``ray.train``; the step itself is plain PyTorch (loop.p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -80,6 +81,31 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def _resume_dir(ray_ckpt: Any, registry: Any, run_dir: Path) -> Path | None:
+    """The newest durable checkpoint: Ray's latest, or the lineage head's if newer.
+
+    After a worker failure Ray Train may restart the group before its controller has
+    registered the last reported checkpoint (seen on a loaded 2-core machine: the
+    restarted run began again at step 0). The lineage head is appended only after the
+    checkpoint was persisted, so it is a durable lower bound. Rank 0 decides; all follow.
+    """
+    import ray
+
+    choice = None
+    if registry is not None:
+        candidates = []
+        if ray_ckpt is not None:
+            candidates.append(Path(ray_ckpt.path))
+        head = ray.get(registry.head_record.remote())
+        if head is not None:
+            candidates.append(run_dir / head["checkpoint"])
+        steps = [(json.loads((c / "train_state.json").read_text())["step"], str(c))
+                 for c in candidates if (c / "train_state.json").is_file()]  # fmt: skip
+        choice = max(steps)[1] if steps else None
+    choice = _broadcast(choice)
+    return Path(choice) if choice else None
+
+
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
@@ -90,6 +116,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = resolve(job.device, ctx.get_local_rank())
     run_dir = Path(config["run_dir"])
+    # Who is running where (diagnostics; fault-injection tests read the pids from here).
+    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+    (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "world": world}))
     dp, dp_rank = world, rank  # FSDP over all ranks (tp/pp meshes take their share here)
 
     torch.manual_seed(job.loop.seed)  # identical initial weights on every rank
@@ -103,13 +132,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     registry = ray.get_actor(config["registry"]) if rank == 0 else None
     lambdas = {n: 1.0 for n in objectives}
     start_step, cursor, tokens_seen = 0, 0, 0
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            state = ckpt.load(Path(d), model, opt, sched)
-            marker = json.loads((Path(d) / "lineage.json").read_text())
-            if world_target is not None and (Path(d) / "world_target.pt").is_file():
-                world_target.load_state_dict(torch.load(Path(d) / "world_target.pt"))
+    resume_dir = _resume_dir(ray.train.get_checkpoint(), registry, run_dir)
+    if resume_dir is not None:
+        state = ckpt.load(resume_dir, model, opt, sched)
+        marker = json.loads((resume_dir / "lineage.json").read_text())
+        if world_target is not None and (resume_dir / "world_target.pt").is_file():
+            world_target.load_state_dict(torch.load(resume_dir / "world_target.pt"))
         start_step, cursor, tokens_seen = state["step"], state["cursor"], state["tokens_seen"]
         lambdas = state.get("lambdas", lambdas)
         ckpt.set_rng_state(state["rng"])
@@ -134,7 +162,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     last_record = ""
     gns = GradientNoiseScale()
     accum = data.accum_steps
-    if resumed is not None:
+    if resume_dir is not None:
         accum = state.get("accum", accum)
         if state.get("gns"):
             gns.load_state_dict(state["gns"])
