@@ -84,33 +84,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_lineage_verify(args: argparse.Namespace) -> int:
-    from ogi_ray.lineage.verify import find_run_dir, verify_run
-
-    problems = verify_run(args.run)
-    if problems:
-        print(f"lineage verify FAILED for {find_run_dir(args.run)}:", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
-    print(f"lineage verify ok: {find_run_dir(args.run)}")
-    return 0
-
-
-def _cmd_lineage_show(args: argparse.Namespace) -> int:
-    from ogi_ray.lineage.record import read_head, read_record
-    from ogi_ray.lineage.verify import find_run_dir
-
-    ldir = find_run_dir(args.run) / "lineage"
-    h = read_head(ldir)
-    while h:
-        r = read_record(ldir, h)
-        evals = " ".join(f"{k}={v}" for k, v in sorted(r["eval"].items()))
-        print(f"step {r['step']:>6}  {h[:16]}  weights {r['weights_root'][:16]}  {evals}")
-        h = r["parent"]
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ogi", description="OGI-Ray pretraining")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
@@ -139,12 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)
-    lv = lin.add_parser("verify")
-    lv.add_argument("run")
-    lv.set_defaults(func=_cmd_lineage_verify)
-    ls = lin.add_parser("show")
-    ls.add_argument("run")
-    ls.set_defaults(func=_cmd_lineage_show)
+    from ogi_ray.lineage import cli as lineage_cli
+
+    # Segment replay re-runs training steps, so it lives in train; the CLI composes them.
+    lineage_cli.register(lin, replay="ogi_ray.train.replay:replay_segment")
 
     from ogi_ray.parallel import cli as parallel_cli
     from ogi_ray.scaling import cli as scaling_cli
@@ -157,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ogi_ray.config import ConfigError
     from ogi_ray.corpus.manifest import CorpusError
+    from ogi_ray.lineage.record import RecordError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CorpusError, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, RecordError, FileNotFoundError) as e:
         print(f"ogi: error: {e}", file=sys.stderr)
         return 2
 

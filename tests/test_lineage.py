@@ -75,3 +75,35 @@ def test_registry_chain_idempotent_and_no_fork(tmp_path):
     rec = json.loads((tmp_path / "records" / f"{h2}.json").read_text())
     assert rec["eval"] == {"lm": "1.250000"}  # floats stored as decimal strings
     assert rec["parent"] == h1
+
+
+def _standalone():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "verify_lineage_standalone.py"
+    spec = importlib.util.spec_from_file_location("verify_lineage_standalone", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_standalone_canonical_json_agrees_with_the_package():
+    import random
+    import struct
+
+    from ogi_ray.canonical import canonical_json
+
+    sa = _standalone()
+    known = {4.0: "4", 21239.0: "21239", 0.05: "0.05", 1e-5: "0.00001", 1e-8: "1e-8",
+             1.5e21: "1.5e+21", 1e21: "1e+21", 1e20: "100000000000000000000", -0.5: "-0.5",
+             123.456: "123.456", 5e-324: "5e-324", 0.1 + 0.2: "0.30000000000000004"}
+    for x, s in known.items():
+        assert sa.number(x) == s
+    rng = random.Random(0)
+    for _ in range(3000):  # random doubles of every magnitude, both implementations
+        x = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if x == x and abs(x) != float("inf"):
+            assert sa.cbytes([x]) == canonical_json([x]), x
+    obj = {"b": [1, "é\n\u0001"], "a": {"z": None, "y": True}, "\u00e9": 0.25}
+    assert sa.cbytes(obj) == canonical_json(obj) == '{"a":{"y":true,"z":null},"b":[1,"é\\n\\u0001"],"é":0.25}'.encode()

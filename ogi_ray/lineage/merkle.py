@@ -26,9 +26,12 @@ TORCH_TO_ST = {
     "torch.float64": "F64", "torch.int64": "I64", "torch.int32": "I32",
     "torch.int16": "I16", "torch.int8": "I8", "torch.uint8": "U8", "torch.bool": "BOOL",
 }  # fmt: skip
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1}  # fmt: skip
 
 
-def leaf_hash(name: str, dtype: str, shape: Iterable[int], data: bytes | memoryview) -> bytes:
+def leaf_hash(name: str, dtype: str, shape: Iterable[int], data: bytes | memoryview | np.ndarray) -> bytes:
+    """SHA-256(0x00 ‖ name ‖ 0x00 ‖ dtype ‖ 0x00 ‖ shape ‖ 0x00 ‖ data); ``data`` any buffer."""
     h = hashlib.sha256()
     h.update(b"\x00" + name.encode("utf-8") + b"\x00" + dtype.encode() + b"\x00")
     h.update(",".join(str(int(d)) for d in shape).encode() + b"\x00")
@@ -75,13 +78,16 @@ def verify_proof(leaf: bytes, proof: list[dict[str, str]], root_hex: str) -> boo
 
 
 def tensor_leaves(state: dict) -> list[tuple[str, bytes]]:
-    """(name, leaf) for a state dict of full (unsharded) CPU torch tensors, name-sorted."""
+    """(name, leaf) for a state dict of full (unsharded) torch tensors, name-sorted."""
+    import torch
+
     out = []
     for name in sorted(state, key=lambda n: n.encode("utf-8")):
         t = state[name].detach().cpu().contiguous()
         dtype = TORCH_TO_ST[str(t.dtype)]
-        # view as bytes: works for bf16, which numpy cannot represent. x86/ARM are LE.
-        data = t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b""
+        # A uint8 view of the storage (works for bf16, which numpy lacks) handed to hashlib
+        # as a buffer: no copy of the bytes. x86/ARM are little-endian.
+        data = t.view(-1).view(torch.uint8).numpy() if t.numel() else b""
         out.append((name, leaf_hash(name, dtype, t.shape, data)))
     return out
 
@@ -90,24 +96,52 @@ def weights_root(state: dict) -> str:
     return merkle_root([leaf for _, leaf in tensor_leaves(state)])
 
 
-def leaves_from_safetensors(path: str | Path) -> list[tuple[str, bytes]]:
-    """(name, leaf) for every tensor of a .safetensors file, computed from its bytes alone."""
-    raw = Path(path).read_bytes()
+def leaves_from_safetensors(path: str | Path | bytes) -> list[tuple[str, bytes]]:
+    """(name, leaf) for every tensor of a .safetensors file (a path, or its bytes),
+    computed from the bytes alone, name-sorted."""
+    raw = path if isinstance(path, bytes) else Path(path).read_bytes()
+    where = "safetensors bytes" if isinstance(path, bytes) else str(path)
+    return [(name, leaf_hash(name, dt, shape, data)) for name, dt, shape, data in read_safetensors(raw, where)]
+
+
+def read_safetensors(raw: bytes, where: str = "safetensors") -> list[tuple[str, str, list[int], memoryview]]:
+    """(name, dtype, shape, data) of every tensor, name-sorted, checking the header: offsets
+    in range, tensors tiling the data area exactly (no unhashed gap or trailing bytes)."""
     if len(raw) < 8:
-        raise ValueError(f"{path}: truncated safetensors file")
+        raise ValueError(f"{where}: truncated safetensors file")
     (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError(f"{where}: header length {n} runs past the end of the file")
     try:
         header = json.loads(raw[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt safetensors header ({e})") from e
+        raise ValueError(f"{where}: corrupt safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: safetensors header is not a JSON object")
     body = memoryview(raw)[8 + n :]
-    out = []
+    out, spans = [], []
     for name in sorted((k for k in header if k != "__metadata__"), key=lambda k: k.encode()):
         info = header[name]
-        start, end = info["data_offsets"]
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: tensor {name!r} has a malformed header entry ({e})") from e
         if not (0 <= start <= end <= len(body)):
-            raise ValueError(f"{path}: tensor {name!r} offsets out of range")
-        out.append((name, leaf_hash(name, info["dtype"], info["shape"], body[start:end])))
+            raise ValueError(f"{where}: tensor {name!r} offsets out of range")
+        width = DTYPE_BYTES.get(dtype)
+        if width is not None and (end - start) != width * int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"{where}: tensor {name!r} has {end - start} bytes, {dtype}{shape} needs "
+                             f"{width * int(np.prod(shape, dtype=np.int64))}")  # fmt: skip
+        spans.append((start, end))
+        out.append((name, dtype, shape, body[start:end]))
+    covered = 0
+    for start, end in sorted(spans):
+        if start != covered:
+            raise ValueError(f"{where}: data area has a gap or overlap at byte {covered}")
+        covered = end
+    if covered != len(body):
+        raise ValueError(f"{where}: {len(body) - covered} bytes after the last tensor")
     return out
 
 

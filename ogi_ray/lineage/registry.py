@@ -1,11 +1,14 @@
-"""LineageRegistry: the single writer of a run's chain (wrapped in ``ray.remote`` where
-it is launched; here a plain class, tested without Ray).
+"""LineageRegistry: the single writer of a run's chain (wrapped in ``ray.remote`` where it
+is launched, named and with ``max_restarts``; a plain class here, so it is testable
+without Ray).
 
     append(fields) ─► parent must equal HEAD (else rejected, unless fork=True)
                   ─► record written under its hash, then HEAD moved (both atomic)
     a retried append of the same content returns the existing hash: no second record
 
-State is only the files, so a restarted registry reloads HEAD from storage.
+State is only the files in the store (a local folder or any pyarrow.fs URI, see
+store.py), so a restarted registry (Ray restarts the actor by re-running ``__init__``)
+reloads HEAD from storage and carries on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from ogi_ray.lineage.record import (
     RecordError,
+    has_record,
     make_record,
     read_head,
     read_record,
@@ -22,36 +26,43 @@ from ogi_ray.lineage.record import (
     write_head,
     write_record,
 )
+from ogi_ray.lineage.store import Store
 
 
 class LineageRegistry:
-    def __init__(self, lineage_dir: str) -> None:
-        self.dir = Path(lineage_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.head = read_head(self.dir)
+    def __init__(self, lineage_dir: str | Path) -> None:
+        self.store = Store(lineage_dir)
+        self.dir = self.store.uri
+        self.store.fs.create_dir(self.store.root, recursive=True)
+        self.head = read_head(self.store)
 
     def get_head(self) -> str:
         return self.head
 
     def head_record(self) -> dict[str, Any] | None:
-        return read_record(self.dir, self.head) if self.head else None
+        return read_record(self.store, self.head) if self.head else None
 
     def append(self, fields: dict[str, Any], fork: bool = False) -> str:
-        """Append a record whose ``parent`` must be the current head; returns its hash."""
+        """Append a record whose ``parent`` must be the current head; returns its hash.
+        ``fork=True`` accepts any stored parent (or none) and moves HEAD to the new record
+        (the old branch's records become orphans, which ``verify`` reports)."""
         rec = make_record(**fields)
         h = record_hash(rec)
-        if (self.dir / "records" / f"{h}.json").is_file():
-            return h  # idempotent retry
-        if rec["parent"] != self.head and not fork:
-            raise RecordError(
-                f"parent {rec['parent'] or '(none)'} is not the head {self.head or '(none)'} "
-                f"of {self.dir}: refusing to fork the chain (step {rec['step']})"
-            )
-        if self.head:
-            prev = read_record(self.dir, self.head)
-            if rec["step"] <= prev["step"] and not fork:
-                raise RecordError(f"step {rec['step']} does not follow head step {prev['step']}")
-        write_record(self.dir, rec)
-        write_head(self.dir, h)
+        if has_record(self.store, h):
+            return h  # idempotent retry (e.g. after a crash between report and append)
+        if not fork:
+            if rec["parent"] != self.head:
+                raise RecordError(
+                    f"parent {rec['parent'] or '(none)'} is not the head {self.head or '(none)'} "
+                    f"of {self.dir}: refusing to fork the chain (step {rec['step']})"
+                )
+            if self.head:
+                prev = read_record(self.store, self.head)
+                if rec["step"] <= prev["step"]:
+                    raise RecordError(f"step {rec['step']} does not follow head step {prev['step']}")
+        elif rec["parent"] and not has_record(self.store, rec["parent"]):
+            raise RecordError(f"fork parent {rec['parent']} is not a stored record of {self.dir}")
+        write_record(self.store, rec)
+        write_head(self.store, h)
         self.head = h
         return h

@@ -1,26 +1,41 @@
-"""Verify a run's lineage from its files alone.
+"""Verify a run's lineage from its files alone (format: docs/lineage.md).
 
-    HEAD ─► record ─► parent ─► … ─► start (parent "")
-      for each record: file name == SHA-256 of its canonical JSON; schema; steps increase;
-      checkpoint/<weights_file> leaves recomputed from bytes == leaves.json;
-      Merkle root of those leaves == record.weights_root;
-      manifest copy's hash == record.manifest_hash; run config's hash == record.config_hash
-    then: every record file and every checkpoint folder is on the chain (nothing orphaned)
+    HEAD ("<hex>\\n") ─► record ─► parent ─► … ─► start (parent "")
+      each record: file name == SHA-256 of its bytes, which are its canonical JSON; schema;
+        steps increase; data cursors never go back; one run name
+      weights: <checkpoint>/<weights_file> tensors re-hashed from the bytes == leaves.json
+        (names the tensor that differs); their Merkle root == record.weights_root
+      files (schema 2): every file of the checkpoint folder but lineage.json is listed,
+        and each SHA-256 matches; lineage.json holds exactly this record
+      manifest copy and run config exist under lineage/ and hash to their names
+    then: nothing orphaned (records, checkpoint folders) and no unknown file in lineage/
+    corpus: the folder named by the config's data.corpus (or ``corpus=``), when present,
+      is re-verified shard by shard (ogi_ray.corpus.manifest.verify_corpus) and must be
+      the manifest the records name
+    optional: ed25519 signatures (``pubkey``), and segment replay through ``replay_fn``
+      (supplied by the training side; this package never imports ``ogi_ray.train``)
 
-Returns a list of problems; empty means everything holds.
+Returns a list of problems; empty means everything holds. ``notes`` (if a list is given)
+receives what was checked or skipped.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical, sha256_hex
 from ogi_ray.lineage.merkle import leaves_from_safetensors, merkle_root
-from ogi_ray.lineage.record import RecordError, check_record, read_head
+from ogi_ray.lineage.record import HEX64, MARKER, RecordError, check_record
+from ogi_ray.lineage.store import Store
 
 LEAVES_FILE = "leaves.json"
+WEIGHTS_HASH = "sha256-merkle-v1"
+ReplayFn = Callable[[Any, dict[str, Any], dict[str, Any]], list[str]]
+_LINEAGE_NAME = re.compile(r"(records|manifests|configs)/[0-9a-f]{64}\.json|signatures/[0-9a-f]{64}\.sig|HEAD")
 
 
 def find_run_dir(path: str | Path) -> Path:
@@ -38,89 +53,262 @@ def find_run_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"{p}: several runs found, name one: {[str(r) for r in runs]}")
 
 
-def _check_weights(run: Path, rec: dict[str, Any], where: str) -> list[str]:
-    ckpt = run / rec["checkpoint"]
-    wfile = ckpt / rec["weights_file"]
-    if not wfile.is_file():
-        return [f"{where}: weights file {wfile} is missing"]
+def run_store(path: str | Path) -> Store:
+    """A run folder as a Store: pyarrow URIs are taken as the run folder itself."""
+    return Store(path) if "://" in str(path) else Store(find_run_dir(path))
+
+
+def serialisations(obj: Any, indents: tuple[int, ...] = (), sort_keys: bool = True) -> list[bytes]:
+    """The byte forms a JSON file may take: canonical JSON, or Python's ``json.dumps`` with
+    one of ``indents`` (what the writers of manifests and markers use). Any other bytes
+    (an edited space, a changed escape) are a tampering even if the content is equal."""
+    forms = [canonical_json(obj)]
+    forms += [json.dumps(obj, indent=i, sort_keys=sort_keys).encode() for i in indents]
+    return forms
+
+
+def _guarded(where: str, fn: Callable[..., list[str]], *args: Any) -> list[str]:
+    """Run one check; an unexpected error (a file mangled in a way no rule names) is a
+    problem of that check, never a crash of the verifier."""
     try:
-        leaves = leaves_from_safetensors(wfile)
-    except (ValueError, KeyError, TypeError) as e:
-        return [f"{where}: {e}"]
-    problems = []
-    listed_path = ckpt / LEAVES_FILE
-    if listed_path.is_file():
-        listed = json.loads(listed_path.read_text())
-        mine = {n: leaf.hex() for n, leaf in leaves}
-        for name in sorted(set(listed) | set(mine)):
-            if listed.get(name) != mine.get(name):
-                problems.append(f"{where}: tensor {name!r} in {wfile} differs from its recorded leaf hash")
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - any failure to re-derive a hash is a finding
+        return [f"{where}: cannot be checked ({type(e).__name__}: {e})"]
+
+
+def _load_json(raw: bytes, where: str, problems: list[str]) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{where}: not valid JSON ({e})")
+        return None
+
+
+def _check_weights(run: Store, rec: dict[str, Any], where: str) -> list[str]:
+    ckpt, wrel = rec["checkpoint"], f"{rec['checkpoint']}/{rec['weights_file']}"
+    if rec["weights_hash"] != WEIGHTS_HASH:
+        return [f"{where}: unknown weights_hash {rec['weights_hash']!r} (expected {WEIGHTS_HASH})"]
+    if not run.is_file(wrel):
+        return [f"{where}: weights file {run.path(wrel)} is missing"]
+    try:
+        leaves = leaves_from_safetensors(run.read_bytes(wrel))
+    except ValueError as e:
+        return [f"{where}: {run.path(wrel)}: {e}"]
+    problems: list[str] = []
+    if run.is_file(f"{ckpt}/{LEAVES_FILE}"):
+        listed = _load_json(run.read_bytes(f"{ckpt}/{LEAVES_FILE}"), run.path(f"{ckpt}/{LEAVES_FILE}"), problems)
+        if isinstance(listed, dict):
+            mine = {n: leaf.hex() for n, leaf in leaves}
+            for name in sorted(set(listed) | set(mine)):
+                if listed.get(name) != mine.get(name):
+                    problems.append(f"{where}: tensor {name!r} in {run.path(wrel)} differs from its leaf in {LEAVES_FILE}")
     root = merkle_root([leaf for _, leaf in leaves])
     if root != rec["weights_root"]:
-        problems.append(f"{where}: weights root of {wfile} is {root}, record says {rec['weights_root']}")
+        problems.append(f"{where}: weights root of {run.path(wrel)} is {root}, record says {rec['weights_root']}")
     return problems
 
 
-def verify_run(path: str | Path) -> list[str]:
-    run = find_run_dir(path)
-    ldir = run / "lineage"
-    problems: list[str] = []
-    head = read_head(ldir)
-    if not head:
-        return [f"{ldir}/HEAD: missing or empty"]
-    manifests = {}
-    for mpath in sorted((ldir / "manifests").glob("*.json")):
-        body = {k: v for k, v in json.loads(mpath.read_text()).items() if k != "manifest_hash"}
-        h = hash_canonical(body)
-        if mpath.stem != h:
-            problems.append(f"{mpath}: manifest content hashes to {h}, not its name")
-        manifests[mpath.stem] = h
-    config_hashes = {}
-    for cpath in sorted((ldir / "configs").glob("*.json")):
-        h = sha256_hex(canonical_json(json.loads(cpath.read_text())))
-        if cpath.stem != h:
-            problems.append(f"{cpath}: config content hashes to {h}, not its name")
-        config_hashes[cpath.stem] = h
+def _check_files(run: Store, rec: dict[str, Any], h: str, where: str) -> list[str]:
+    ckpt, problems = rec["checkpoint"], []
+    if "files" in rec:
+        present = {f for f in run.list_files(ckpt, recursive=True) if f != MARKER}
+        for rel in sorted(present | set(rec["files"])):
+            path = run.path(f"{ckpt}/{rel}")
+            if rel not in rec["files"]:
+                problems.append(f"{where}: {path} is not covered by the record's files")
+            elif rel not in present:
+                problems.append(f"{where}: {path} is missing (listed in the record's files)")
+            elif (got := sha256_hex(run.read_bytes(f"{ckpt}/{rel}"))) != rec["files"][rel]:
+                problems.append(f"{where}: {path} has SHA-256 {got}, record says {rec['files'][rel]}")
+    mrel = f"{ckpt}/{MARKER}"
+    if run.is_file(mrel):
+        raw = run.read_bytes(mrel)
+        marker = _load_json(raw, run.path(mrel), problems)
+        if marker is not None and marker != {"record_hash": h, "record": rec}:
+            problems.append(f"{run.path(mrel)}: does not hold record {h[:12]} of the chain")
+        elif marker is not None and raw not in serialisations(marker, (1,), sort_keys=False):
+            problems.append(f"{run.path(mrel)}: bytes are not a serialisation of its content (edited)")
+    return problems
 
-    chain: list[str] = []
-    h, next_step = head, None
+
+def _check_manifest(ldir: Store, name: str, manifests: dict[str, dict]) -> list[str]:
+    where, raw, problems = ldir.path(f"manifests/{name}"), ldir.read_bytes(f"manifests/{name}"), []
+    m = _load_json(raw, where, problems)
+    if not isinstance(m, dict):
+        return problems or [f"{where}: not a JSON object"]
+    stem = name.removesuffix(".json")
+    if (h := hash_canonical({k: v for k, v in m.items() if k != "manifest_hash"})) != stem:
+        return [f"{where}: manifest content hashes to {h}, not its name"]
+    if m.get("manifest_hash") != stem:
+        return [f"{where}: field 'manifest_hash' is {m.get('manifest_hash')!r}, not its name"]
+    if raw not in serialisations(m, (1,)):
+        return [f"{where}: bytes are not a serialisation of its content (edited)"]
+    manifests[stem] = m
+    return []
+
+
+def _check_config(ldir: Store, name: str, configs: dict[str, dict]) -> list[str]:
+    where, raw, problems = ldir.path(f"configs/{name}"), ldir.read_bytes(f"configs/{name}"), []
+    if (h := sha256_hex(raw)) != name.removesuffix(".json"):
+        return [f"{where}: config bytes hash to {h}, not its name"]
+    c = _load_json(raw, where, problems)
+    if not isinstance(c, dict) or canonical_json(c) != raw:
+        return problems or [f"{where}: not a canonical JSON object"]
+    configs[h] = c
+    return []
+
+
+def _check_store_objects(ldir: Store, problems: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Manifest copies and run configs under lineage/, each checked against its name."""
+    manifests: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
+    for name in ldir.list_files("manifests"):
+        problems += _guarded(ldir.path(f"manifests/{name}"), _check_manifest, ldir, name, manifests)
+    for name in ldir.list_files("configs"):
+        problems += _guarded(ldir.path(f"configs/{name}"), _check_config, ldir, name, configs)
+    return manifests, configs
+
+
+def _walk_chain(ldir: Store, head: str, problems: list[str]) -> list[tuple[str, dict]]:
+    """Records from HEAD back to the start, checked one by one; returned oldest first."""
+    chain: list[tuple[str, dict]] = []
+    h, newer = head, None
     while h:
-        rpath = ldir / "records" / f"{h}.json"
-        where = f"record {h[:12]}"
-        if not rpath.is_file():
-            problems.append(f"{rpath}: missing (chain broken after {len(chain)} records)")
+        rrel, where = f"records/{h}.json", f"record {h[:12]}"
+        if any(h == seen for seen, _ in chain):
+            problems.append(f"{ldir.path(rrel)}: the chain loops")
             break
-        raw = rpath.read_bytes()
+        if not HEX64.fullmatch(h):
+            problems.append(f"{where}: parent {h!r} is not a record hash")
+            break
+        if not ldir.is_file(rrel):
+            problems.append(f"{ldir.path(rrel)}: missing (chain broken after {len(chain)} records)")
+            break
+        raw = ldir.read_bytes(rrel)
         if sha256_hex(raw) != h:
-            problems.append(f"{rpath}: content hash {sha256_hex(raw)} differs from its name")
+            problems.append(f"{ldir.path(rrel)}: content hash {sha256_hex(raw)} differs from its name")
         try:
             rec = json.loads(raw)
-            check_record(rec, str(rpath))
+            check_record(rec, ldir.path(rrel))
         except (json.JSONDecodeError, UnicodeDecodeError, RecordError) as e:
-            problems.append(f"{rpath}: {e}")
+            problems.append(f"{ldir.path(rrel)}: {e}")
             break
         if canonical_json(rec) != raw:
-            problems.append(f"{rpath}: not in canonical JSON form")
+            problems.append(f"{ldir.path(rrel)}: not in canonical JSON form")
         where = f"record step {rec['step']} ({h[:12]})"
-        if next_step is not None and rec["step"] >= next_step:
-            problems.append(f"{where}: step does not increase along the chain")
-        if rec["manifest_hash"] not in manifests:
-            problems.append(f"{where}: manifest {rec['manifest_hash'][:12]} not found in {ldir / 'manifests'}")
-        if rec["config_hash"] not in config_hashes:
-            problems.append(f"{where}: config {rec['config_hash'][:12]} not found in {ldir / 'configs'}")
-        problems += _check_weights(run, rec, where)
-        marker = run / rec["checkpoint"] / "lineage.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("record_hash") != h:
-            problems.append(f"{marker}: names a different record than the chain ({h[:12]})")
-        chain.append(h)
-        next_step, h = rec["step"], rec["parent"]
+        if newer is not None:
+            if rec["step"] >= newer["step"]:
+                problems.append(f"{where}: step does not increase along the chain")
+            if rec["run"] != newer["run"]:
+                problems.append(f"{where}: run {rec['run']!r} differs from the next record's {newer['run']!r}")
+            for k, v in rec["data_cursor"].items():
+                if k in newer["data_cursor"] and newer["data_cursor"][k] < v:
+                    problems.append(f"{where}: data_cursor.{k} goes back in the next record")
+        chain.append((h, rec))
+        newer, h = rec, rec["parent"]
+    return chain[::-1]
 
-    on_chain = set(chain)
-    for rpath in sorted((ldir / "records").glob("*.json")):
-        if rpath.stem not in on_chain:
-            problems.append(f"{rpath}: record is not on the chain from HEAD (orphan or fork)")
-    for marker in sorted(run.glob("*/lineage.json")):
-        rh = json.loads(marker.read_text()).get("record_hash", "")
-        if rh not in on_chain:
-            problems.append(f"{marker.parent}: checkpoint's record {rh[:12]} is not on the chain")
+
+def _check_corpus(chain: list[tuple[str, dict]], configs: dict[str, dict],
+                  manifests: dict[str, dict], corpus: str | Path | None, notes: list[str]) -> list[str]:  # fmt: skip
+    from ogi_ray.corpus.manifest import MANIFEST, CorpusError, verify_corpus
+
+    problems: list[str] = []
+    wanted: dict[str, set[str]] = {}  # corpus folder -> manifest hashes records name
+    for _, rec in chain:
+        cfg = configs.get(rec["config_hash"], {})
+        folder = str(corpus) if corpus else str((cfg.get("data") or {}).get("corpus") or "")
+        if folder:
+            wanted.setdefault(folder, set()).add(rec["manifest_hash"])
+    for folder, hashes in sorted(wanted.items()):
+        if not Path(folder, MANIFEST).is_file():
+            notes.append(f"corpus {folder} not present here: its shards were not verified")
+            continue
+        try:
+            m = verify_corpus(folder)
+        except CorpusError as e:
+            problems.append(f"corpus: {e}")
+            continue
+        except (ValueError, KeyError, TypeError) as e:  # e.g. a byte that is not UTF-8
+            problems.append(f"corpus {Path(folder, MANIFEST)}: cannot be read ({type(e).__name__}: {e})")
+            continue
+        raw = Path(folder, MANIFEST).read_bytes()
+        if raw not in serialisations(m, (2,)):
+            problems.append(f"{Path(folder, MANIFEST)}: bytes are not a serialisation of its content (edited)")
+        for h in sorted(hashes - {m["manifest_hash"]}):
+            problems.append(f"corpus {folder}: manifest {m['manifest_hash'][:12]} is not the {h[:12]} the records name")
+        if m["manifest_hash"] in manifests and manifests[m["manifest_hash"]] != m:
+            problems.append(f"corpus {folder}: manifest.json differs from the run's copy")
+        notes.append(f"corpus {folder}: manifest and {len(m['shards']) + len(m.get('heldout_shards', []))} shards verified")
     return problems
+
+
+def verify_run(
+    path: str | Path, replay: int = 0, replay_fn: ReplayFn | None = None, *,
+    pubkey: str | Path | None = None, corpus: str | Path | None = None, check_corpus: bool = True,
+    notes: list[str] | None = None,
+) -> list[str]:  # fmt: skip
+    """All problems with the run at ``path`` (a folder, a demo output folder, or a pyarrow
+    URI of a run folder). ``replay`` > 0 replays that many segments (largest weight
+    updates first, Proof-of-Learning style) with ``replay_fn(run_dir, rec_i, rec_next)``."""
+    notes = notes if notes is not None else []
+    run = run_store(path)
+    ldir = run.sub("lineage")
+    problems: list[str] = []
+    if not ldir.is_file("HEAD"):
+        return [f"{ldir.path('HEAD')}: missing"]
+    raw_head = ldir.read_bytes("HEAD")
+    head = raw_head.decode("ascii", "replace").strip()
+    if not HEX64.fullmatch(head) or raw_head != (head + "\n").encode():
+        problems.append(f"{ldir.path('HEAD')}: must be 64 lowercase hex digits and a newline, got {raw_head[:80]!r}")
+    manifests, configs = _check_store_objects(ldir, problems)
+    chain = _walk_chain(ldir, head, problems)
+    for h, rec in chain:
+        where = f"record step {rec['step']} ({h[:12]})"
+        if rec["manifest_hash"] not in manifests:
+            problems.append(f"{where}: manifest {rec['manifest_hash'][:12]} not found (or not valid) in {ldir.path('manifests')}")
+        if rec["config_hash"] not in configs:
+            problems.append(f"{where}: config {rec['config_hash'][:12]} not found (or not valid) in {ldir.path('configs')}")
+        problems += _guarded(where, _check_weights, run, rec, where)
+        problems += _guarded(where, _check_files, run, rec, h, where)
+        if "files" not in rec:
+            notes.append(f"{where}: schema 1, only the weights file of {rec['checkpoint']} is covered")
+    on_chain = {h for h, _ in chain}
+    for rel in ldir.list_files(recursive=True):
+        if not _LINEAGE_NAME.fullmatch(rel):
+            problems.append(f"{ldir.path(rel)}: not part of the lineage format")
+        elif rel.startswith("records/") and rel[8:72] not in on_chain:
+            problems.append(f"{ldir.path(rel)}: record is not on the chain from HEAD (orphan or fork)")
+    for folder in run.list_dirs():
+        if run.is_file(f"{folder}/{MARKER}"):
+            marker = _load_json(run.read_bytes(f"{folder}/{MARKER}"), run.path(f"{folder}/{MARKER}"), [])
+            rh = marker.get("record_hash", "") if isinstance(marker, dict) else ""
+            if not isinstance(rh, str) or rh not in on_chain:
+                problems.append(f"{run.path(folder)}: checkpoint's record {str(rh)[:12]} is not on the chain")
+    if check_corpus:
+        problems += _guarded("corpus", _check_corpus, chain, configs, manifests, corpus, notes)
+    if pubkey is not None:
+        from ogi_ray.lineage.sign import verify_signatures
+
+        problems += verify_signatures(ldir, [h for h, _ in chain], pubkey)
+        notes.append(f"signatures of {len(chain)} records checked against {pubkey}")
+    if replay:
+        problems += _replay(run, chain, replay, replay_fn, notes)
+    return problems
+
+
+def _replay(run: Store, chain: list[tuple[str, dict]], n: int, replay_fn: ReplayFn | None,
+            notes: list[str]) -> list[str]:  # fmt: skip
+    from ogi_ray.lineage.segments import select_segments
+
+    if replay_fn is None:
+        return [f"replay of {n} segments asked, but no replay function was supplied"]
+    problems = []
+    run_dir = run.local_path() or run.uri
+    for i in select_segments(run, [rec for _, rec in chain], n):
+        (h0, r0), (h1, r1) = chain[i], chain[i + 1]
+        got = list(replay_fn(run_dir, r0, r1))
+        problems += [f"replay steps {r0['step']}→{r1['step']} ({h0[:12]}→{h1[:12]}): {p}" for p in got]
+        notes.append(f"replayed steps {r0['step']}→{r1['step']}: {'ok' if not got else 'FAILED'}")
+    return problems
+

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -71,8 +70,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     job_dict = to_dict(job)
     job_dict["data"]["corpus"] = str(Path(job.data.corpus).resolve())
     config_hash = hash_canonical(job_dict)
-    atomic_write(lineage_dir / "manifests" / f"{manifest['manifest_hash']}.json",
-                 json.dumps(manifest, indent=1, sort_keys=True).encode())  # fmt: skip
+    atomic_write(lineage_dir / "manifests" / f"{manifest['manifest_hash']}.json", canonical_json(manifest))
     atomic_write(lineage_dir / "configs" / f"{config_hash}.json", canonical_json(job_dict))
 
     name = f"ogi-lineage-{uuid.uuid4().hex[:8]}"

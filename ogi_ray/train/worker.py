@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ogi_ray.lineage.record import make_record, record_hash
+from ogi_ray.canonical import canonical_json
+from ogi_ray.lineage.record import checkpoint_files, make_record, record_hash
 from ogi_ray.model import build
 from ogi_ray.parallel import apply as par
 from ogi_ray.parallel.device import peak_flops, resolve
@@ -246,9 +247,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                     "weights_file": ckpt.WEIGHTS_FILE, "manifest_hash": config["manifest_hash"],
                     "config_hash": config["config_hash"], "rng": ckpt.rng_commitment(), "eval": scores,
                     "data_cursor": {"rows": cursor, "tokens_seen": tokens_seen},
+                    # Every other file of the checkpoint (optimizer, train state, segment):
+                    # written above, so tampering with any of them breaks the record.
+                    "files": checkpoint_files(tmp),
                 }  # fmt: skip
                 rec = make_record(**fields)
-                (tmp / "lineage.json").write_text(json.dumps({"record_hash": record_hash(rec), "record": rec}, indent=1))
+                (tmp / "lineage.json").write_bytes(canonical_json({"record_hash": record_hash(rec), "record": rec}))
             report_ckpt = ray.train.Checkpoint.from_directory(str(tmp)) if rank == 0 else None
             ray.train.report({**row, **scores}, checkpoint=report_ckpt, checkpoint_dir_name=name)
             if rank == 0:

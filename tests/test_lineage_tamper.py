@@ -1,0 +1,243 @@
+"""Tampering with a real run is detected, by ``verify_run`` and by the standalone verifier.
+
+One small real run (corpus build + 4 training steps, checkpoints at 2 and 4) is copied
+once; each test changes the copy, verifies, and restores it. Files outside the lineage
+(metrics.jsonl, Ray's checkpoint_manager_snapshot.json, .validate_storage_marker) are not
+tampered with: docs/lineage.md lists them as not covered.
+"""
+
+import hashlib
+import importlib.util
+import json
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ogi_ray.lineage.verify import verify_run
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDALONE = ROOT / "docs" / "verify_lineage_standalone.py"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, ray_local):
+    from ogi_ray.demo import run_demo
+
+    out = tmp_path_factory.mktemp("lineage-tamper") / "out"
+    summary = run_demo(out, ["loop.steps=4", "loop.checkpoint_every=2"])
+    assert summary["verify_problems"] == []
+    copy = tmp_path_factory.mktemp("lineage-tamper-copy") / "out"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def _run(demo):
+    return demo / "train" / "demo"
+
+
+def _verify(demo, **kw):
+    return verify_run(_run(demo), corpus=demo / "corpus", **kw)
+
+
+def _standalone():
+    spec = importlib.util.spec_from_file_location("verify_lineage_standalone", STANDALONE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def covered_files(demo):
+    """Every file the lineage covers: lineage/, each checkpoint folder, the corpus."""
+    run = _run(demo)
+    files = [p for p in (run / "lineage").rglob("*") if p.is_file()]
+    for ck in run.glob("step_*"):
+        files += [p for p in ck.rglob("*") if p.is_file()]
+    files += [p for p in (demo / "corpus").rglob("*") if p.is_file()]
+    return sorted(files)
+
+
+@contextmanager
+def flipped(path, offset, mask=0x01):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= mask
+    path.write_bytes(bytes(raw))
+    try:
+        yield
+    finally:
+        raw[offset] ^= mask
+        path.write_bytes(bytes(raw))
+
+
+def _head(demo):
+    return (_run(demo) / "lineage" / "HEAD").read_text().strip()
+
+
+def test_untouched_copy_verifies_in_both_verifiers(demo):
+    notes = []
+    assert _verify(demo, notes=notes) == []
+    assert any("shards verified" in n for n in notes)
+    assert _standalone().verify(str(_run(demo)), str(demo / "corpus")) == []
+
+
+def test_records_cover_every_checkpoint_file(demo):
+    """Needs worker.py to pass files=checkpoint_files(tmp) (schema 2 records)."""
+    run = _run(demo)
+    h = _head(demo)
+    while h:
+        rec = json.loads((run / "lineage" / "records" / f"{h}.json").read_bytes())
+        ck = run / rec["checkpoint"]
+        expect = {p.relative_to(ck).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in ck.rglob("*") if p.is_file() and p.name != "lineage.json"}
+        assert rec["schema"] == 2 and rec.get("files") == expect
+        assert {"model.safetensors", "optim.pt", "train_state.json", "leaves.json"} <= set(expect)
+        h = rec["parent"]
+
+
+def _tensor_offset(path, name):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    start, _ = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
+    return 8 + n + start
+
+
+@pytest.mark.parametrize("target", ["weights", "manifest copy", "corpus shard", "corpus manifest",
+                                    "record", "optim", "train_state", "config", "HEAD", "marker"])
+def test_one_changed_byte_fails_and_names_the_file(demo, target):
+    run = _run(demo)
+    ck = run / "step_000002"
+    lin = run / "lineage"
+    path, offset, expect = {
+        "weights": (ck / "model.safetensors", _tensor_offset(ck / "model.safetensors", "norm.weight") + 1, "'norm.weight'"),
+        "manifest copy": (next((lin / "manifests").iterdir()), 40, "manifests/"),
+        "corpus shard": (demo / "corpus" / "shards" / "part-00001.parquet", 5000, "part-00001.parquet"),
+        "corpus manifest": (demo / "corpus" / "manifest.json", 30, "manifest.json"),
+        "record": (next((lin / "records").iterdir()), 30, "records/"),
+        "optim": (ck / "optim.pt", 1000, "optim.pt"),
+        "train_state": (ck / "train_state.json", 3, "train_state.json"),
+        "config": (next((lin / "configs").iterdir()), 10, "configs/"),
+        "HEAD": (lin / "HEAD", 0, "HEAD"),
+        "marker": (ck / "lineage.json", 20, "lineage.json"),
+    }[target]  # fmt: skip
+    with flipped(path, offset):
+        problems = _verify(demo)
+        assert problems and any(expect in p for p in problems), problems
+        assert _standalone().verify(str(run), str(demo / "corpus"))
+    assert _verify(demo) == []
+
+
+def test_reordered_or_deleted_records_fail(demo):
+    lin = _run(demo) / "lineage"
+    head = _head(demo)
+    rec = json.loads((lin / "records" / f"{head}.json").read_bytes())
+    first, second = lin / "records" / f"{rec['parent']}.json", lin / "records" / f"{head}.json"
+    a, b = first.read_bytes(), second.read_bytes()
+    try:  # swap the two records' contents: both names stop matching
+        first.write_bytes(b)
+        second.write_bytes(a)
+        assert any("differs from its name" in p for p in _verify(demo))
+    finally:
+        first.write_bytes(a)
+        second.write_bytes(b)
+    head_raw = (lin / "HEAD").read_bytes()
+    try:  # HEAD moved back: the newest record is orphaned
+        (lin / "HEAD").write_text(rec["parent"] + "\n")
+        assert any("not on the chain" in p for p in _verify(demo))
+    finally:
+        (lin / "HEAD").write_bytes(head_raw)
+    first.rename(first.with_suffix(".bak"))
+    try:  # the oldest record deleted: the chain is broken
+        problems = _verify(demo)
+        assert any("missing (chain broken" in p for p in problems), problems
+    finally:
+        first.with_suffix(".bak").rename(first)
+    optim = _run(demo) / "step_000004" / "optim.pt"
+    optim.rename(optim.with_suffix(".bak"))
+    try:
+        assert any("optim.pt is missing" in p for p in _verify(demo))
+    finally:
+        optim.with_suffix(".bak").rename(optim)
+    assert _verify(demo) == []
+
+
+def test_hundred_random_single_byte_tamperings_all_detected(demo):
+    rng = random.Random(20260)
+    files = covered_files(demo)
+    assert len(files) >= 15
+    standalone = _standalone()
+    missed, by_file = [], {}
+    for _ in range(100):
+        path = rng.choice(files)
+        offset, mask = rng.randrange(path.stat().st_size), rng.randrange(1, 256)
+        with flipped(path, offset, mask):
+            ok_pkg = not _verify(demo)
+            ok_alone = not standalone.verify(str(_run(demo)), str(demo / "corpus"))
+            if ok_pkg or ok_alone:
+                missed.append((str(path.relative_to(demo)), offset, mask, ok_pkg, ok_alone))
+        by_file[path.name] = by_file.get(path.name, 0) + 1
+    assert missed == [], missed
+    assert _verify(demo) == []
+    print(f"100 tamperings over {len(files)} files, all detected: {sorted(by_file.items())}")
+
+
+def test_standalone_script_cli_and_stdlib_only(demo):
+    import ast
+
+    tree = ast.parse(STANDALONE.read_text())
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert mods <= set(sys.stdlib_module_names), mods - set(sys.stdlib_module_names)
+    cmd = [sys.executable, str(STANDALONE), str(_run(demo)), "--corpus", str(demo / "corpus")]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    shard = demo / "corpus" / "heldout" / "part-00000.parquet"
+    with flipped(shard, 100):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 1 and "part-00000.parquet" in res.stdout
+    ex = subprocess.run([sys.executable, str(STANDALONE), str(_run(demo)), "--explain", "4", "norm.weight"],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ex.returncode == 0 and "== weights_root: True" in ex.stdout
+
+
+def test_prove_one_tensor_against_the_record(demo):
+    from ogi_ray.lineage.prove import check_proof, prove
+
+    run = _run(demo)
+    proof = prove(run, 4, "norm.weight")
+    assert proof["ok"] and check_proof(proof)
+    # The leaf by hand from the file's bytes: 0x00 name 0x00 dtype 0x00 shape 0x00 data.
+    raw = (run / "step_000004" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    info = json.loads(raw[8 : 8 + n])["norm.weight"]
+    s, e = info["data_offsets"]
+    pre = b"\x00norm.weight\x00" + info["dtype"].encode() + b"\x00" + ",".join(map(str, info["shape"])).encode() + b"\x00"
+    assert proof["leaf"] == hashlib.sha256(pre + raw[8 + n + s : 8 + n + e]).hexdigest()
+    rec = json.loads((run / "lineage" / "records" / f"{proof['record_hash']}.json").read_bytes())
+    assert proof["root"] == rec["weights_root"] and rec["step"] == 4
+    bad = dict(proof, leaf=hashlib.sha256(b"x").hexdigest())
+    assert not check_proof(bad)
+    # Another tensor changed in the file: the proof no longer reaches the record's root.
+    off = _tensor_offset(run / "step_000004" / "model.safetensors", "tok_embed.weight")
+    with flipped(run / "step_000004" / "model.safetensors", off):
+        assert not prove(run, 4, "norm.weight")["ok"]
+
+
+def test_replay_hook_gets_consecutive_records(demo):
+    calls = []
+
+    def replay_fn(run_dir, rec, nxt):
+        calls.append((Path(run_dir), rec["step"], nxt["step"], nxt["parent"]))
+        return [] if len(calls) == 1 else ["weights differ after replay"]
+
+    notes = []
+    assert _verify(demo, replay=1, replay_fn=replay_fn, notes=notes) == []
+    head_rec = json.loads((_run(demo) / "lineage" / "records" / f"{_head(demo)}.json").read_bytes())
+    assert calls == [(_run(demo), 2, 4, head_rec["parent"])]
+    problems = _verify(demo, replay=1, replay_fn=replay_fn)
+    assert problems == [f"replay steps 2→4 ({head_rec['parent'][:12]}→{_head(demo)[:12]}): weights differ after replay"]
+    assert any("no replay function" in p for p in _verify(demo, replay=1))
