@@ -81,7 +81,12 @@ def train(job: JobConfig) -> dict[str, Any]:
     )
     ray.get(registry.get_head.remote())
     tuner_name = f"ogi-tuner-{uuid.uuid4().hex[:8]}"
-    tuner = ray.remote(LossWeightTuner).options(name=tuner_name, num_cpus=0).remote(to_dict(job.tuner))
+    # Restartable: a killed tuner comes back with the state of its last report (its file).
+    tuner = (
+        ray.remote(LossWeightTuner)
+        .options(name=tuner_name, num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .remote(to_dict(job.tuner), str(run_dir / "tuner_state.json"))
+    )
     ray.get(tuner.weights.remote())
 
     # Keep the corpus order through Ray Data: the data cursor counts rows in that order.

@@ -31,7 +31,9 @@ and the state is JSON-serialisable so it can ride in a checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -224,7 +226,9 @@ class LossWeightTuner:
     ``state_dict()`` (it carries ``last_step``) so the replayed steps are applied again.
     """
 
-    def __init__(self, cfg: TunerConfig | dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: TunerConfig | dict[str, Any] | None = None, state_path: str | None = None
+    ) -> None:
         if cfg is None:
             cfg = TunerConfig()
         elif isinstance(cfg, dict):
@@ -232,12 +236,27 @@ class LossWeightTuner:
         cfg.validate()
         self.cfg = cfg
         self.state = init_state(cfg)
+        # With a state file, every report is persisted (atomically) and a restarted actor
+        # (Ray re-runs __init__) resumes from it: a crash loses nothing already reported.
+        self.state_path = state_path
+        if state_path and os.path.isfile(state_path):
+            with open(state_path) as f:
+                self.load_state_dict(json.load(f))
+
+    def _persist(self) -> None:
+        if not self.state_path:
+            return
+        tmp = f"{self.state_path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.state_dict(), f)
+        os.replace(tmp, self.state_path)
 
     def report(self, step: int, grad_norms: dict[str, float]) -> None:
         if step <= self.state.last_step:
             return
         self.state = tuner_update(self.state, grad_norms, self.cfg)
         self.state.last_step = int(step)
+        self._persist()
 
     def weights(self) -> dict[str, float]:
         return dict(self.state.lambdas)
@@ -257,6 +276,7 @@ class LossWeightTuner:
         if "config" in d:
             self.cfg = TunerConfig.from_dict(copy.deepcopy(d["config"]))
         self.state = TunerState.from_dict(d["state"])
+        self._persist()
 
     def set_phase(self, initial_lambdas: dict[str, float]) -> None:
         """Start a phase: λ⁰ = λ = the given weights (normalised, missing ones 1.0), μ = 0,
