@@ -31,6 +31,8 @@ from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, seeded_generator
 from ogi_ray.train.driver import fit_model_to_corpus
 from ogi_ray.train.optim import build_optimizer
+from ogi_ray.train.schedule import lr_at, warmup_steps
+from ogi_ray.train.tuner import LossWeightTuner, TunerConfig, imbalance
 
 
 def main() -> None:
@@ -42,6 +44,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--tuner", choices=["on", "off"], default="on",
+                    help="the loss-weight tuner, in process (same math as the actor)")
+    ap.add_argument("--warmup", type=int, default=20, help="tuner warm-up updates")
     args = ap.parse_args()
 
     manifest = load_manifest(args.corpus)
@@ -59,9 +64,13 @@ def main() -> None:
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
 
+    tuner = LossWeightTuner(TunerConfig(objectives=job.model.objectives, warmup=args.warmup,
+                                        enabled=args.tuner == "on"))  # fmt: skip
+    lambdas = tuner.weights()
     t_data = 0.0
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    lrs: list[float] = []
+    ratios: list[float] = []
     tokens = 0
     t0 = time.perf_counter()
     for step in range(args.steps):
@@ -71,12 +80,14 @@ def main() -> None:
         batch = collate(rows, job.model, seeded_generator(0, step, 0))
         t_data += time.perf_counter() - td
         m = loop.train_step(model, opt, sched, [batch], cfg=job.model, placement=placement, grad_clip=1.0,
-                            lambdas={}, world_target=world_target)  # fmt: skip
+                            lambdas=lambdas, world_target=world_target)  # fmt: skip
         tokens += int(batch["n_tokens"])
-        for k, v in m.items():
-            if k.startswith("loss/"):
-                first.setdefault(k, v)
-                last[k] = v
+        history.append({k: v for k, v in m.items() if k.startswith("loss/")})
+        lrs.append(m["lr"])
+        tuner.report(step, {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("gradnorm_raw/")})
+        lambdas = tuner.weights()
+        if step >= args.warmup:
+            ratios.append(imbalance(tuner.state))
         if step == 1:  # exclude warm-up (allocator, kernels) from the timing
             if placement.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -87,6 +98,17 @@ def main() -> None:
     # Slot-tokens: every layout slot is computed, so FLOPs count the whole sequence.
     slot_tokens = (args.steps - 2) * args.batch * job.model.layout.seq_len
     peak = peak_flops(placement)
+    k = max(1, args.steps // 10)
+
+    def mean(rows: list[dict[str, float]], key: str) -> float | None:
+        vals = [r[key] for r in rows if key in r]
+        return sum(vals) / len(vals) if vals else None
+
+    keys = sorted({key for r in history for key in r})
+    w = warmup_steps(args.steps, job.optim.warmup_frac)
+    check = [0, w, args.steps // 2, args.steps - 1]
+    lr_ok = all(abs(lrs[s] - lr_at(s, total_steps=args.steps, max_lr=job.optim.lr, min_lr=job.optim.min_lr,
+                                   warmup_frac=job.optim.warmup_frac)) < 1e-12 for s in check)  # fmt: skip
     print(json.dumps({
         "device": torch.cuda.get_device_name() if placement.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "preset": args.preset, "params": model.num_params(),
@@ -94,7 +116,12 @@ def main() -> None:
         "text_tokens_per_s": tokens / dt, "slot_tokens_per_s": slot_tokens / dt,
         "mfu": slot_tokens / dt * model.flops_per_token() / peak, "peak_flops": peak,
         "data_wait_fraction": t_data / dt,
-        "loss_first": first, "loss_last": last,
+        "tuner": args.tuner,
+        "loss_first_10pct": {key: mean(history[:k], key) for key in keys},
+        "loss_last_10pct": {key: mean(history[-k:], key) for key in keys},
+        "balance_le_2_fraction": sum(r <= 2 for r in ratios) / len(ratios) if ratios else None,
+        "median_imbalance": sorted(ratios)[len(ratios) // 2] if ratios else None,
+        "lr_checked_steps": check, "lr_matches_formula": lr_ok,
         "weights_root": weights_root({k: v.float().cpu() for k, v in model.state_dict().items()
                                       if not k.startswith("rope") and k != "attn_mask"}),
     }))  # fmt: skip

@@ -6,6 +6,7 @@
     ogi train --config FILE [--out DIR] [key=value ...]
     ogi lineage verify RUN
     ogi lineage show RUN
+    ogi report RUN
     ogi plan ...            (scaling planner, when installed: ogi_ray.scaling.cli)
 """
 
@@ -84,6 +85,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ogi_ray.lineage.verify import find_run_dir
+    from ogi_ray.train.report import write_report
+
+    out = write_report(find_run_dir(args.run), warmup=args.warmup)
+    print(out.read_text())
+    print(f"written: {out} and its PNG plots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ogi", description="OGI-Ray pretraining")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
@@ -110,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="storage folder for the run")
     t.add_argument("overrides", nargs="*", help="key.path=value")
     t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("report", help="PNG plots and a Markdown summary of a run")
+    r.add_argument("run")
+    r.add_argument("--warmup", type=int, default=10, help="steps excluded from the tuner-balance figure")
+    r.set_defaults(func=_cmd_report)
 
     lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)
     from ogi_ray.lineage import cli as lineage_cli

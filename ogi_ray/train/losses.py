@@ -14,6 +14,7 @@ least two for the contrastive ones); absent ones are simply missing from the dic
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ogi_ray.model.config import ModelConfig
@@ -78,6 +79,9 @@ def compute_losses(
         if bool(valid.any()):
             with torch.no_grad():
                 tgt = world_target(b["vid"]).unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
+                # Layer-normed targets (as V-JEPA does): the EMA encoder's scale drifts as it
+                # trains, and an unnormalised target makes the loss track that drift.
+                tgt = F.layer_norm(tgt.float(), tgt.shape[-1:])
             losses["world"] = world_loss(out["world_pred"].float(), tgt[:, 1:].float(), valid)
 
     if "act_v" in out:

@@ -1,0 +1,99 @@
+"""``ogi report RUN``: PNG plots and a Markdown summary of a run, from its metrics.jsonl.
+
+    metrics.jsonl (one JSON object per step; a restarted run repeats some steps, the last
+    occurrence wins) ─► losses.png, lambdas.png, gradnorms.png, lr.png, batch.png,
+    throughput.png ─► report.md (first/last-10 % loss means, tuner balance, throughput)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], title: str, log: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        x, y = _series(rows, k)
+        if x:
+            ax.plot(x, y, label=k)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if log:
+        ax.set_yscale("log")
+    if len(keys) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def balance(rows: list[dict[str, Any]], after: int = 0) -> tuple[float | None, list[float]]:
+    """Fraction of steps (≥ ``after``) whose smoothed weighted grad norms have max/min ≤ 2."""
+    ratios = []
+    for r in rows:
+        vals = [v for k, v in r.items() if k.startswith("gradnorm/") and v]
+        if r["step"] >= after and len(vals) >= 2:
+            ratios.append(max(vals) / min(vals))
+    if not ratios:
+        return None, ratios
+    return sum(x <= 2.0 for x in ratios) / len(ratios), ratios
+
+
+def write_report(run_dir: str | Path, warmup: int = 10) -> Path:
+    run = Path(run_dir)
+    rows = load_metrics(run)
+    if not rows:
+        raise FileNotFoundError(f"{run}/metrics.jsonl: no rows")
+    objs = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("loss/")})
+    _plot(run / "losses.png", rows, [f"loss/{o}" for o in objs], "loss per objective", log=True)
+    _plot(run / "lambdas.png", rows, [f"lambda/{o}" for o in objs], "loss weights λ")
+    _plot(run / "gradnorms.png", rows, [f"gradnorm/{o}" for o in objs], "smoothed weighted grad norm at h", log=True)
+    _plot(run / "lr.png", rows, ["lr"], "learning rate")
+    _plot(run / "batch.png", rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
+    _plot(run / "throughput.png", rows, ["tokens_per_s"], "tokens/s")
+    n = len(rows)
+    k = max(1, n // 10)
+    lines = [f"# Run report: {run.name}", "", f"{n} steps, {rows[-1].get('tokens_seen', 0)} tokens.", "",
+             "| objective | mean loss, first 10 % | mean loss, last 10 % | fell |", "|---|---|---|---|"]  # fmt: skip
+    for o in objs:
+        first = [r[f"loss/{o}"] for r in rows[:k] if f"loss/{o}" in r]
+        last = [r[f"loss/{o}"] for r in rows[-k:] if f"loss/{o}" in r]
+        if first and last:
+            a, b = sum(first) / len(first), sum(last) / len(last)
+            lines.append(f"| {o} | {a:.4f} | {b:.4f} | {'yes' if b < a else 'NO'} |")
+    frac, ratios = balance(rows, warmup)
+    if frac is not None:
+        lines += ["", f"Tuner balance after step {warmup}: max/min of the smoothed weighted gradient "
+                  f"norms ≤ 2 in {100 * frac:.1f} % of {len(ratios)} steps (median ratio "
+                  f"{sorted(ratios)[len(ratios) // 2]:.2f})."]  # fmt: skip
+    tps = [r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s")]
+    mfu = [r["mfu"] for r in rows[1:] if r.get("mfu")]
+    if tps:
+        lines += ["", f"Throughput: median {sorted(tps)[len(tps) // 2]:.0f} text tokens/s"
+                  + (f", median MFU {100 * sorted(mfu)[len(mfu) // 2]:.2f} %." if mfu else ".")]  # fmt: skip
+    lines += ["", "![losses](losses.png) ![lambdas](lambdas.png) ![gradnorms](gradnorms.png)",
+              "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)", ""]  # fmt: skip
+    out = run / "report.md"
+    out.write_text("\n".join(lines))
+    return out
