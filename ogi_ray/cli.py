@@ -145,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     from ogi_ray.config import ConfigError
     from ogi_ray.corpus.manifest import CorpusError
     from ogi_ray.lineage.record import RecordError
+    from ogi_ray.train.placement import TierUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CorpusError, RecordError, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, RecordError, TierUnavailableError, FileNotFoundError) as e:
         print(f"ogi: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,8 @@
 """The training job's configuration: one dataclass per component, composed here.
 
     model: ModelConfig   data: DataConfig   optim: OptimConfig   loop: LoopConfig
-    workers: WorkersConfig   device: DeviceConfig   tuner: TunerConfig   run: RunConfig
+    workers: WorkersConfig   device: DeviceConfig   tuner: TunerConfig
+    placement: PlacementConfig   run: RunConfig
 
 ``load_job`` reads YAML (+ ``key=value`` overrides) and validates everything once; the
 driver hands each component only its own section.
@@ -17,6 +18,7 @@ from ogi_ray.config import ConfigError, apply_overrides, from_dict, load_yaml
 from ogi_ray.model.config import PRESETS, ModelConfig
 from ogi_ray.parallel.device import DeviceConfig
 from ogi_ray.train.optim import OptimConfig
+from ogi_ray.train.placement import PlacementConfig
 from ogi_ray.train.tuner import TunerConfig
 
 
@@ -66,6 +68,9 @@ class WorkersConfig:
     # An impossible placement fails after this many controller retries instead of
     # retrying forever (Ray's default is unlimited).
     controller_failure_limit: int = 3
+    # After Ray's in-place restarts are spent, the driver re-plans the worker count from
+    # the tier's live capacity and relaunches from the latest checkpoint this many times.
+    max_relaunches: int = 1
 
     def validate(self) -> None:
         if self.num_workers < 0:
@@ -91,6 +96,7 @@ class JobConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from ogi_ray.corpus.manifest import shard_paths, verify_corpus
 from ogi_ray.lineage.record import atomic_write
 from ogi_ray.lineage.registry import LineageRegistry
 from ogi_ray.parallel.device import use_gpu
+from ogi_ray.train import placement
 from ogi_ray.train.config import JobConfig
 from ogi_ray.train.data import COLUMNS
 from ogi_ray.train.tuner import LossWeightTuner
@@ -58,7 +60,7 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
 def train(job: JobConfig) -> dict[str, Any]:
     """Run a training job on the connected Ray cluster; returns the run summary."""
     import ray
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not job.data.corpus:
@@ -73,10 +75,11 @@ def train(job: JobConfig) -> dict[str, Any]:
     atomic_write(lineage_dir / "manifests" / f"{manifest['manifest_hash']}.json", canonical_json(manifest))
     atomic_write(lineage_dir / "configs" / f"{config_hash}.json", canonical_json(job_dict))
 
+    actor_opts = placement.actor_options(job.placement)  # e.g. the head / CPU tier
     name = f"ogi-lineage-{uuid.uuid4().hex[:8]}"
     registry = (
         ray.remote(LineageRegistry)
-        .options(name=name, num_cpus=0, max_restarts=-1, max_task_retries=3)
+        .options(name=name, num_cpus=0, max_restarts=-1, max_task_retries=3, **actor_opts)
         .remote(str(lineage_dir))
     )
     ray.get(registry.get_head.remote())
@@ -84,7 +87,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     # Restartable: a killed tuner comes back with the state of its last report (its file).
     tuner = (
         ray.remote(LossWeightTuner)
-        .options(name=tuner_name, num_cpus=0, max_restarts=-1, max_task_retries=-1)
+        .options(name=tuner_name, num_cpus=0, max_restarts=-1, max_task_retries=-1, **actor_opts)
         .remote(to_dict(job.tuner), str(run_dir / "tuner_state.json"))
     )
     ray.get(tuner.weights.remote())
@@ -93,35 +96,58 @@ def train(job: JobConfig) -> dict[str, Any]:
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.read_parquet(shard_paths(job.data.corpus)).select_columns(COLUMNS)
     gpu = use_gpu(job.device)
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config={
-            "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
-            "registry": name, "tuner": tuner_name,
-            "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
-            "heldout": shard_paths(job.data.corpus, split="heldout"),
-            "total_rows": manifest["total_rows"],
-        },  # fmt: skip
-        scaling_config=ScalingConfig(
-            num_workers=job.workers.num_workers, use_gpu=gpu,
-            resources_per_worker={"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})},
-        ),  # fmt: skip
-        run_config=RunConfig(
-            name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve()),
-            failure_config=FailureConfig(max_failures=job.workers.max_failures,
-                                         controller_failure_limit=job.workers.controller_failure_limit),
-        ),  # fmt: skip
-        datasets={"train": ds},
-        # Not split: every rank reads the same global order and takes its dp slice, so
-        # the data cursor is one global row number whatever the world size.
-        dataset_config=DataConfig(datasets_to_split=[]),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-    )
-    result = trainer.fit()
+    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    for key, value in placement.start_timeout_env(job.placement).items():
+        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
+    global_rows = job.data.batch_size * max(job.workers.num_workers, 1)
+
+    # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
+    # own elastic mode loops forever (RAY-NOTES), so elasticity is done here: when a fit
+    # fails, re-read the tier's live capacity, re-plan the worker count and relaunch from
+    # the latest checkpoint, keeping the global batch (and so the data cursor) unchanged.
+    for attempt in range(job.workers.max_relaunches + 1):
+        tier, extra = placement.resolve_for_job(job.placement, job.workers.num_workers, res)
+        scaling = {"num_workers": job.workers.num_workers, "use_gpu": gpu, "resources_per_worker": res}
+        if attempt:  # shrink (or grow back) to what the tier holds now
+            cap = placement.tier_capacity(tier, res) if tier else job.workers.num_workers
+            scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
+        scaling.update(extra)
+        n = max(int(scaling["num_workers"]), 1)
+        if global_rows % n:
+            raise ConfigError(None, "workers.num_workers", f"{n} workers cannot split the global batch of {global_rows} rows")
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config={
+                "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
+                "registry": name, "tuner": tuner_name, "batch_size": global_rows // n,
+                "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
+                "heldout": shard_paths(job.data.corpus, split="heldout"),
+                "total_rows": manifest["total_rows"],
+            },  # fmt: skip
+            scaling_config=ScalingConfig(**scaling),
+            run_config=RunConfig(
+                name=job.run.name, storage_path=str(Path(job.run.storage_path).resolve()),
+                failure_config=FailureConfig(max_failures=job.workers.max_failures,
+                                             controller_failure_limit=job.workers.controller_failure_limit),
+            ),  # fmt: skip
+            datasets={"train": ds},
+            # Not split: every rank reads the same global order and takes its dp slice, so
+            # the data cursor is one global row number whatever the world size.
+            dataset_config=DataConfig(datasets_to_split=[]),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        )
+        try:
+            result = trainer.fit()
+            break
+        except TrainingFailedError:
+            if attempt == job.workers.max_relaunches:
+                raise
     summary = dict(result.return_value or {})
     summary["run_dir"] = str(run_dir)
     summary["checkpoints"] = sorted(p.name for p in run_dir.glob("step_*") if p.is_dir())
     summary["head"] = ray.get(registry.get_head.remote())
+    summary["tier"] = tier
+    summary["num_workers"] = n
     ray.kill(registry)
     ray.kill(tuner)
     return summary

@@ -64,6 +64,7 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         from ogi_ray.train.optim import build_optimizer
 
         job = job_from_dict(spec["job"])
+        batch = int(spec["batch_size"] or job.data.batch_size)
         placement = resolve(DeviceConfig(device="cpu", precision=job.device.precision))
         torch.manual_seed(job.loop.seed)
         model = build(job.model)
@@ -79,7 +80,7 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         for entry in spec["segment"]:
             gen = seeded_generator(job.loop.seed, entry["step"], rank)
             micro = [collate(t.to_pydict(), job.model, gen)
-                     for t in rows_for_step(table, entry["cursor"], entry["accum"], world, rank, job.data.batch_size)]  # fmt: skip
+                     for t in rows_for_step(table, entry["cursor"], entry["accum"], world, rank, batch)]  # fmt: skip
             loop.train_step(model, opt, sched, micro, cfg=job.model, placement=placement,
                             grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
                             world_target=world_target)  # fmt: skip
@@ -110,6 +111,7 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]
     spec = {
         "job": job, "start_ckpt": str(run / rec_i["checkpoint"]), "segment": segment,
         "shards": shard_paths(job["data"]["corpus"]), "threads": threads,
+        "batch_size": state.get("batch_size"),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     job = job_from_dict(config["job"])
     mcfg, data = job.model, job.data
+    # The driver may re-plan the worker count (elastic relaunch) keeping the global batch.
+    data = replace(data, batch_size=int(config.get("batch_size", data.batch_size)))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = resolve(job.device, ctx.get_local_rank())
@@ -231,7 +234,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             tuner_state = ray.get(tuner.state_dict.remote()) if (rank == 0 and tuner is not None) else None
             state = {"step": done, "cursor": cursor, "tokens_seen": tokens_seen, "lambdas": lambdas,
                      "rng": ckpt.rng_state(), "tuner": tuner_state, "accum": accum,
-                     "gns": gns.state_dict(), "world_size": world,
+                     "gns": gns.state_dict(), "world_size": world, "batch_size": data.batch_size,
                      "threads": torch.get_num_threads()}  # fmt: skip
             tmp = Path(tempfile.mkdtemp(prefix=f"ogi-ckpt-{done}-"))
             root = ckpt.save(tmp, model, opt, sched, state, rank)
