@@ -93,6 +93,6 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, **overrides: object) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown model preset {name!r} (known: {sorted(PRESETS)})")
-    cfg = replace(ModelConfig(preset=name), **PRESETS[name], **overrides)  # type: ignore[arg-type]
+    cfg = replace(ModelConfig(preset=name), **{**PRESETS[name], **overrides})  # type: ignore[arg-type]
     cfg.validate()
     return cfg

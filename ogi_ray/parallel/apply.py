@@ -1,31 +1,271 @@
-"""Apply data parallelism to the plain model from outside (torchtitan-style).
+"""Apply tensor and data parallelism to the plain model from outside (torchtitan-style).
 
-``apply(model, mesh)`` shards every transformer block, then the root, with FSDP2
-``fully_shard`` over the mesh's ``dp`` axis; with one rank it returns the model unchanged.
-Later axes (tp, pp) are applied here too, never inside the model.
+    ParallelDims(dp, tp, pp) ─► build_mesh ─► DeviceMesh (pp, dp, tp)   (parallel/dims.py)
+    model (or one pipeline stage, parallel/pipeline.py)
+      ─► apply_tp(model, mesh["tp"])    per Block: wq/wk/wv/w1/w3 column-parallel,
+                                        wo/w2 row-parallel (Megatron split: one all-reduce
+                                        after attention, one after the MLP, per block)
+      ─► apply_fsdp(model, mesh["dp"])  FSDP2 fully_shard per Block, then the root
+
+Embeddings, norms and heads stay replicated over tp (every tp rank computes them on the
+same replicated activations, so their gradients agree without communication); FSDP
+shards them over dp. With TP, FSDP's block parameters are 2-D DTensors (Shard(0) on dp,
+the TP placement on tp); the rest are 1-D DTensors on the dp mesh.
+
+``apply(model, mesh)`` does both for a mesh without pipeline stages. The legacy call
+``apply(model, build_mesh(device, dp))`` (1-D "dp" mesh, FSDP only) keeps working.
+Pipelines are built with ``ogi_ray.parallel.pipeline.build_pipeline``.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import torch
 import torch.distributed as dist
 from torch import nn
 
+from ogi_ray.parallel.dims import ParallelDims, axis_rank, axis_size, dp_rank_and_size
+from ogi_ray.parallel.dims import build_mesh as build_mesh_3d
 
-def build_mesh(device_type: str, dp: int) -> object | None:
-    """A 1-D ("dp",) DeviceMesh over the current process group, or None for one process."""
+__all__ = ["ParallelDims", "apply", "apply_fsdp", "apply_tp", "build_mesh", "clip_grad_norm_",
+           "dp_rank_and_size", "gather_full_optimizer_state", "gather_full_state_dict",
+           "grad_sq_norm", "load_full_optimizer_state", "load_full_state_dict", "tp_plan"]  # fmt: skip
+
+
+def build_mesh(device_type: str, dims: ParallelDims | int) -> Any:
+    """The DeviceMesh for ``dims``.
+
+    ``ParallelDims`` → 3-D ("pp", "dp", "tp") mesh (every axis present, size-1 ones too).
+    ``int`` (legacy) → 1-D ("dp",) mesh of that size, or None for one process."""
+    if isinstance(dims, ParallelDims):
+        return build_mesh_3d(device_type, dims)
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return None
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device_type, (dp,), mesh_dim_names=("dp",))
+    return init_device_mesh(device_type, (dims,), mesh_dim_names=("dp",))
 
 
-def apply(model: nn.Module, mesh: object | None) -> nn.Module:
-    if mesh is None:
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks this module holds (a pipeline stage holds only some: the
+    others are parameterless placeholders, skipped here)."""
+    return [b for b in model.layers if any(True for _ in b.parameters())]  # type: ignore[attr-defined]
+
+
+def tp_plan() -> dict[str, Any]:
+    """Block-relative module name → TP style. Colwise output stays sharded (local heads /
+    local hidden units), Rowwise takes that shard and all-reduces to a replicated output."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    col, row = ColwiseParallel, RowwiseParallel
+    return {"attn.wq": col(), "attn.wk": col(), "attn.wv": col(), "attn.wo": row(),
+            "mlp.w1": col(), "mlp.w3": col(), "mlp.w2": row()}  # fmt: skip
+
+
+def check_tp(cfg: Any, tp: int) -> None:
+    """Raise unless every tp rank gets whole heads and an equal share of the MLP."""
+    if cfg.n_heads % tp:
+        raise ValueError(f"tp: {tp} must divide n_heads {cfg.n_heads} (each rank holds whole heads)")
+    if cfg.hidden_dim % tp:
+        raise ValueError(f"tp: {tp} must divide the MLP hidden size {cfg.hidden_dim}")
+
+
+def apply_tp(model: nn.Module, tp_mesh: Any) -> nn.Module:
+    """Tensor-parallelise every block in place over the 1-D ``tp_mesh``; returns ``model``.
+
+    Attention: q/k/v (D → D) column-split gives each rank n_heads/tp heads of (B, S, H/tp,
+    hd) (attention views with -1 heads), wo row-split sums the partial (B, S, D) outputs.
+    MLP: w1/w3 (D → F) column-split to (B, S, F/tp), w2 row-split back to (B, S, D)."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    tp = tp_mesh.size()
+    if tp == 1:
         return model
+    check_tp(model.cfg, tp)  # type: ignore[attr-defined]
+    for block in _blocks(model):
+        parallelize_module(block, tp_mesh, tp_plan())
+    return model
+
+
+def apply_fsdp(model: nn.Module, dp_mesh: Any, *, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2 ``fully_shard`` of each block, then the root (embeddings, norm, heads and
+    whatever else the root holds form one group), over the 1-D ``dp_mesh``.
+
+    Under pipeline parallelism pass ``reshard_after_forward=False`` (torchtitan's default
+    there): every micro-batch would otherwise all-gather each block twice."""
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.layers:  # type: ignore[attr-defined]
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    for block in _blocks(model):
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     return model
+
+
+def apply(model: nn.Module, mesh: Any) -> nn.Module:
+    """Apply TP then FSDP to ``model`` in place for ``mesh``; returns the model.
+
+    mesh None (one process) → unchanged; 1-D ("dp",) → FSDP over it (the legacy path);
+    3-D from ``build_mesh(device, ParallelDims)`` with pp == 1 → TP over "tp", FSDP over
+    "dp". FSDP is applied whenever the mesh has more than one rank, even at dp == 1: it
+    then only wraps every parameter as a DTensor, which keeps the optimizer's and the
+    clipping's tensors uniformly DTensors (plain tensors beside TP DTensors are not)."""
+    if mesh is None:
+        return model
+    names = tuple(mesh.mesh_dim_names or ())
+    if names == ("dp",):
+        return apply_fsdp(model, mesh)
+    if axis_size(mesh, "pp") > 1:
+        raise ValueError("apply: the mesh has pp > 1; build stages with "
+                         "ogi_ray.parallel.pipeline.build_pipeline instead")  # fmt: skip
+    apply_tp(model, mesh["tp"])
+    if mesh.size() > 1:
+        apply_fsdp(model, mesh["dp"])
+    return model
+
+
+# ── gradient norms over any layout ─────────────────────────────────────────────────────
+
+
+def grad_sq_norm(params: Any, pp_group: Any = None) -> torch.Tensor:
+    """‖g‖² over all gradients of ``params`` as a float64 0-dim tensor, identical on every
+    rank, correct for any mix of plain tensors and DTensors on different meshes.
+
+    torch's ``clip_grad_norm_`` stacks per-parameter norms, which fails once TP blocks
+    (2-D (dp, tp) DTensors) sit beside FSDP-only parameters (1-D dp DTensors) or plain
+    tensors. Here gradients are grouped by (mesh, placements); each group's norm is one
+    DTensor reduction (``full_tensor``: replicated axes are not double counted); plain
+    tensors are replicas, counted once. Under pipeline parallelism each stage holds other
+    parameters, so the squared norms are summed over ``pp_group`` (torchtitan does the
+    same)."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        key = (g.device_mesh, tuple(g.placements)) if isinstance(g, DTensor) else ("local", g.device)
+        groups.setdefault(key, []).append(g)
+    total = torch.zeros((), dtype=torch.float64)
+    for grads in groups.values():
+        n = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        if isinstance(n, DTensor):
+            n = n.full_tensor()
+        total = total + n.detach().double().cpu() ** 2
+    if pp_group is not None and dist.get_world_size(pp_group) > 1:
+        dev = next((g[0].device for g in groups.values()), torch.device("cpu"))
+        t = total.to(dev)
+        dist.all_reduce(t, group=pp_group)
+        total = t.cpu()
+    return total
+
+
+def clip_grad_norm_(params: Any, max_norm: float, pp_group: Any = None) -> float:
+    """Scale all gradients so their global L2 norm is ≤ ``max_norm`` (torch's rule:
+    coef = max_norm / (norm + 1e-6), capped at 1); returns the norm before clipping.
+    Collective over every mesh the gradients live on and over ``pp_group``."""
+    params = [p for p in params if p.grad is not None]
+    norm = float(grad_sq_norm(params, pp_group).sqrt())
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"gradient norm is {norm}")
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        with torch.no_grad():
+            for p in params:
+                p.grad.mul_(coef)  # DTensor: scales the local shard, placements unchanged
+    return norm
+
+
+# ── full (logical) state dicts over any layout, pipeline stages included ───────────────
+
+
+def _to_rank0_over_pp(part: Any, mesh: Any) -> list[Any] | None:
+    """Every stage's ``part`` (sent by its (dp 0, tp 0) rank) as a list on global rank 0,
+    None elsewhere."""
+    pp = axis_size(mesh, "pp")
+    if pp == 1:
+        return [part] if (not dist.is_initialized() or dist.get_rank() == 0) else None
+    if axis_rank(mesh, "dp") != 0 or axis_rank(mesh, "tp") != 0:
+        return None
+    parts: list[Any] = [None] * pp
+    dist.gather_object(part, parts if axis_rank(mesh, "pp") == 0 else None,
+                       group=mesh["pp"].get_group(), group_dst=0)  # fmt: skip
+    return parts if dist.get_rank() == 0 else None
+
+
+def _cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _cpu(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_cpu(v) for v in x]
+    return x
+
+
+def _full_options(mesh: Any = None) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # cpu_offload=True keeps the gathered tensors on global rank 0 only (CPU, one full
+    # copy): right without stages, but it would drop the parts of stages > 0.
+    return StateDictOptions(full_state_dict=True, cpu_offload=axis_size(mesh, "pp") == 1)
+
+
+def gather_full_state_dict(module: nn.Module, mesh: Any) -> dict[str, torch.Tensor]:
+    """The single-process state dict (full CPU tensors, the plain model's names) on global
+    rank 0, {} on the other ranks; every rank must call it.
+
+    ``get_model_state_dict(full_state_dict=True)`` gathers FSDP/TP shards, but a pipeline
+    stage only holds its own parameters (with the full model's names): the (dp 0, tp 0)
+    rank of every stage sends its part to global rank 0 over the pp group."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    parts = _to_rank0_over_pp(_cpu(get_model_state_dict(module, options=_full_options(mesh))), mesh)
+    merged: dict[str, torch.Tensor] = {}
+    for part in parts or []:
+        if set(part) & set(merged):
+            raise RuntimeError(f"pipeline stages share parameters: {sorted(set(part) & set(merged))}")
+        merged.update(part)
+    return merged
+
+
+def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (single-process) state dict into ``module`` (plain, TP/FSDP-applied or
+    one pipeline stage: only the stage's own names are taken); every rank passes the
+    same ``state`` (e.g. read from the checkpoint file)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    own = {k: state[k] for k in module.state_dict()}
+    set_model_state_dict(module, own, options=_full_options())
+
+
+def gather_full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, mesh: Any) -> dict:
+    """The optimizer state in the single-process layout ({"state": {name: {...}},
+    "param_groups": [{..., "params": [names]}]}, as ``get_optimizer_state_dict`` with
+    full_state_dict gives for the plain model) on global rank 0, {} elsewhere. Stages'
+    parts are merged: states by name, each param group's name lists concatenated."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    parts = _to_rank0_over_pp(_cpu(get_optimizer_state_dict(module, opt, options=_full_options(mesh))), mesh)
+    if not parts:
+        return {}
+    merged = {"state": {}, "param_groups": [dict(g, params=[]) for g in parts[0]["param_groups"]]}
+    for part in parts:
+        merged["state"].update(part["state"])
+        for dst, src in zip(merged["param_groups"], part["param_groups"], strict=True):
+            dst["params"] += src["params"]
+    return merged
+
+
+def load_full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, osd: dict) -> None:
+    """Load ``gather_full_optimizer_state``'s dict (or checkpoint.save's optim state)
+    into the optimizer of ``module`` (one stage: its own names only); every rank."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    own = set(module.state_dict())
+    sub = {"state": {k: v for k, v in osd["state"].items() if k in own},
+           "param_groups": [dict(g, params=[p for p in g["params"] if p in own])
+                            for g in osd["param_groups"]]}  # fmt: skip
+    set_optimizer_state_dict(module, opt, sub, options=_full_options())

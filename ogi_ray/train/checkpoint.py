@@ -63,36 +63,40 @@ def rng_commitment() -> str:
 
 def save(
     ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-    train_state: dict[str, Any], rank: int,
+    train_state: dict[str, Any], rank: int, mesh: Any = None,
 ) -> str:  # fmt: skip
-    """Write the checkpoint (rank 0) and return the weights Merkle root (all ranks)."""
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    """Write the checkpoint (rank 0) and return the weights Merkle root (rank 0; "" elsewhere).
 
-    state = gather_model_state(model)
-    optim_state = get_optimizer_state_dict(model, opt, options=_sd_options())
+    The full logical state is gathered on global rank 0 whatever the layout (FSDP, TP,
+    pipeline stages): the file format is the single-process one, so a checkpoint loads
+    into any other layout."""
+    from safetensors.torch import save_file
+
+    from ogi_ray.parallel.apply import gather_full_optimizer_state, gather_full_state_dict
+
+    state = gather_full_state_dict(model, mesh)
+    optim_state = gather_full_optimizer_state(model, opt, mesh)
+    if rank != 0:
+        return ""
     leaves = tensor_leaves(state)
     root = merkle_root([leaf for _, leaf in leaves])
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt_dir / WEIGHTS_FILE))
-        (ckpt_dir / "leaves.json").write_text(json.dumps({n: leaf.hex() for n, leaf in leaves}, indent=0))
-        torch.save({"optim": optim_state, "sched": sched.state_dict()}, ckpt_dir / "optim.pt")
-        (ckpt_dir / "train_state.json").write_text(json.dumps(train_state))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt_dir / WEIGHTS_FILE))
+    (ckpt_dir / "leaves.json").write_text(json.dumps({n: leaf.hex() for n, leaf in leaves}, indent=0))
+    torch.save({"optim": optim_state, "sched": sched.state_dict()}, ckpt_dir / "optim.pt")
+    (ckpt_dir / "train_state.json").write_text(json.dumps(train_state))
     return root
 
 
 def load(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    """Load a checkpoint written by ``save`` into a (possibly sharded) model; all ranks."""
+    """Load a checkpoint written by ``save`` into any layout; every rank passes the full
+    dicts and each module (stage, shard) takes its own part."""
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
 
-    state = load_file(str(ckpt_dir / WEIGHTS_FILE))
-    set_model_state_dict(model, state, options=_sd_options())
+    from ogi_ray.parallel.apply import load_full_optimizer_state, load_full_state_dict
+
+    load_full_state_dict(model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
     extra = torch.load(ckpt_dir / "optim.pt", weights_only=False)
-    set_optimizer_state_dict(model, opt, extra["optim"], options=_sd_options())
+    load_full_optimizer_state(model, opt, extra["optim"])
     sched.load_state_dict(extra["sched"])
     return json.loads((ckpt_dir / "train_state.json").read_text())

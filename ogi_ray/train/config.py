@@ -2,7 +2,7 @@
 
     model: ModelConfig   data: DataConfig   optim: OptimConfig   loop: LoopConfig
     workers: WorkersConfig   device: DeviceConfig   tuner: TunerConfig
-    placement: PlacementConfig   run: RunConfig
+    placement: PlacementConfig   parallel: ParallelConfig   run: RunConfig
 
 ``load_job`` reads YAML (+ ``key=value`` overrides) and validates everything once; the
 driver hands each component only its own section.
@@ -78,6 +78,25 @@ class WorkersConfig:
 
 
 @dataclass(kw_only=True)
+class ParallelConfig:
+    """(dp, tp, pp) for the workers. All 0: ask the planner (with ``topology``, a bundled
+    name or a YAML file), or plain data parallelism when no topology is given."""
+
+    dp: int = 0
+    tp: int = 0
+    pp: int = 0
+    microbatches: int = 0  # pipeline micro-batches per step (0: pp)
+    topology: str = ""
+
+    def validate(self) -> None:
+        fixed = [v for v in (self.dp, self.tp, self.pp) if v]
+        if fixed and len(fixed) != 3:
+            raise ValueError("dp: fix all of dp, tp, pp or none of them")
+        if any(v < 0 for v in (self.dp, self.tp, self.pp, self.microbatches)):
+            raise ValueError("dp: must be >= 0")
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     name: str = "run"
     storage_path: str = "runs"
@@ -97,6 +116,7 @@ class JobConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

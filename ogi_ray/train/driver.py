@@ -57,6 +57,26 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
     return replace(job, model=model, tuner=tuner)
 
 
+def parallel_plan(job: JobConfig, world: int) -> dict[str, int]:
+    """The (dp, tp, pp, microbatches) the workers apply for ``world`` ranks."""
+    par = job.parallel
+    if par.dp:
+        dims = {"dp": par.dp, "tp": par.tp, "pp": par.pp}
+        if par.dp * par.tp * par.pp != world:
+            raise ConfigError(None, "parallel", f"dp·tp·pp = {par.dp * par.tp * par.pp} but {world} workers")
+    elif par.topology:
+        from ogi_ray.parallel.planner import plan_for_world
+        from ogi_ray.parallel.topology import load_topology
+
+        best = plan_for_world(job.model, world, load_topology(par.topology),
+                              global_batch=job.data.batch_size * world)  # fmt: skip
+        dims = {"dp": best.dp, "tp": best.tp, "pp": best.pp}
+        par = replace(par, microbatches=par.microbatches or best.microbatches)
+    else:
+        dims = {"dp": world, "tp": 1, "pp": 1}
+    return {**dims, "microbatches": par.microbatches or dims["pp"]}
+
+
 def train(job: JobConfig) -> dict[str, Any]:
     """Run a training job on the connected Ray cluster; returns the run summary."""
     import ray
@@ -99,7 +119,8 @@ def train(job: JobConfig) -> dict[str, Any]:
     res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     for key, value in placement.start_timeout_env(job.placement).items():
         os.environ.setdefault(key, value)  # Ray Train passes it to its controller
-    global_rows = job.data.batch_size * max(job.workers.num_workers, 1)
+    # Global rows per micro-batch: batch_size per data-parallel rank × the planned dp.
+    global_rows = job.data.batch_size * parallel_plan(job, max(job.workers.num_workers, 1))["dp"]
 
     # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
     # own elastic mode loops forever (RAY-NOTES), so elasticity is done here: when a fit
@@ -113,13 +134,15 @@ def train(job: JobConfig) -> dict[str, Any]:
             scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
         scaling.update(extra)
         n = max(int(scaling["num_workers"]), 1)
-        if global_rows % n:
-            raise ConfigError(None, "workers.num_workers", f"{n} workers cannot split the global batch of {global_rows} rows")
+        plan = parallel_plan(job, n)
+        if global_rows % plan["dp"]:
+            raise ConfigError(None, "workers.num_workers", f"dp {plan['dp']} cannot split the global batch of {global_rows} rows")
         trainer = TorchTrainer(
             train_func,
             train_loop_config={
                 "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
-                "registry": name, "tuner": tuner_name, "batch_size": global_rows // n,
+                "registry": name, "tuner": tuner_name, "batch_size": global_rows // plan["dp"],
+                "parallel": plan,
                 "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
                 "heldout": shard_paths(job.data.corpus, split="heldout"),
                 "total_rows": manifest["total_rows"],
@@ -148,6 +171,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     summary["head"] = ray.get(registry.get_head.remote())
     summary["tier"] = tier
     summary["num_workers"] = n
+    summary["parallel"] = plan
     ray.kill(registry)
     ray.kill(tuner)
     return summary

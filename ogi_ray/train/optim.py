@@ -65,12 +65,11 @@ def build_optimizer(
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip by the global L2 norm over all (possibly sharded) gradients; returns the norm
-    before clipping. torch's clip_grad_norm_ reduces DTensor norms across their meshes."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    value = float(norm)
+    """Clip by the global L2 norm over all gradients, whatever the layout (plain tensors,
+    FSDP and TP DTensors on different meshes); returns the norm before clipping."""
+    from ogi_ray.parallel.apply import clip_grad_norm_
+
+    value = float(clip_grad_norm_(model.parameters(), max_norm))
     if not math.isfinite(value):
         raise FloatingPointError(f"gradient norm is {value}")
     return value
@@ -78,10 +77,6 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
 
 def total_grad_sq_norm(model: nn.Module) -> float:
     """‖g‖² over all (possibly sharded) gradients, without clipping."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    return float(norm) ** 2
+    from ogi_ray.parallel.apply import grad_sq_norm
+
+    return float(grad_sq_norm(model.parameters()))

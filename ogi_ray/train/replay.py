@@ -107,6 +107,9 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]
     if job["device"]["device"] == "cuda":
         return [f"{where}: recorded on GPU; replay on CPU compares within {GPU_TOLERANCE} (not run here)"]
     state = json.loads((run / rec_next["checkpoint"] / "train_state.json").read_text())
+    layout = state.get("parallel") or {}
+    if int(layout.get("tp", 1)) > 1 or int(layout.get("pp", 1)) > 1:
+        return [f"{where}: replay of tensor/pipeline-parallel segments is not implemented (layout {layout})"]
     world, threads = int(state.get("world_size", 1)), int(state.get("threads", 1))
     spec = {
         "job": job, "start_ckpt": str(run / rec_i["checkpoint"]), "segment": segment,

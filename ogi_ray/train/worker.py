@@ -32,6 +32,8 @@ from ogi_ray.lineage.record import checkpoint_files, make_record, record_hash
 from ogi_ray.model import build
 from ogi_ray.parallel import apply as par
 from ogi_ray.parallel.device import peak_flops, resolve
+from ogi_ray.parallel.dims import axis_rank
+from ogi_ray.parallel.pipeline import build_pipeline, pipeline_evaluate, pipeline_train_step
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.train import checkpoint as ckpt
 from ogi_ray.train import loop
@@ -123,12 +125,25 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     # Who is running where (diagnostics; fault-injection tests read the pids from here).
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "world": world}))
-    dp, dp_rank = world, rank  # FSDP over all ranks (tp/pp meshes take their share here)
+    plan = config.get("parallel") or {"dp": world, "tp": 1, "pp": 1, "microbatches": 1}
+    dims = par.ParallelDims.from_plan(plan)
+    dims.validate(world)
 
     torch.manual_seed(job.loop.seed)  # identical initial weights on every rank
     model = build(mcfg).to(placement.device)
-    world_target = loop.make_world_target(model)
-    model = par.apply(model, par.build_mesh(placement.device.type, world))
+    world_target = loop.make_world_target(model)  # from the full model, before any split
+    flops_per_token = model.flops_per_token()  # here: a pipeline stage lacks parts
+    mesh = par.build_mesh(placement.device.type, dims) if world > 1 else None
+    dp_rank, dp = par.dp_rank_and_size(mesh)  # data is sharded by dp rank, not world rank
+    if dims.pp > 1:
+        pipe = build_pipeline(model, mesh, mcfg, int(plan.get("microbatches") or dims.pp), placement.device)
+        model, stepper, step_fn, eval_fn = pipe.module, pipe, pipeline_train_step, pipeline_evaluate
+        data = replace(data, accum_steps=pipe.n_microbatches)  # one micro entry per schedule micro-batch
+    else:
+        model = par.apply(model, mesh)
+        stepper, step_fn, eval_fn = model, loop.train_step, loop.evaluate
+    # Tokens are counted once per dp replica (tp and pp ranks see the same rows).
+    counts_tokens = mesh is None or (axis_rank(mesh, "tp") == 0 and axis_rank(mesh, "pp") == 0)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
     objectives = mcfg.objectives
 
@@ -158,7 +173,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     g_rows = dp * data.batch_size  # one global micro-batch
     n_rows = int(config["total_rows"])
     stream = global_row_stream(ray.train.get_dataset_shard("train"), g_rows, cursor)
-    flops_per_token = model.flops_per_token()
     peak = peak_flops(placement)  # per device: a table entry, else a matmul probe
     history: list[dict[str, Any]] = []
     segment: list[dict[str, Any]] = []  # per-step inputs since the last checkpoint (replay)
@@ -184,11 +198,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"data stream out of order: row {mine['position'][0]}, expected {first}")
             micro.append(collate(mine, mcfg, gen))
         segment.append({"step": step, "cursor": cursor, "lambdas": dict(lambdas), "accum": accum})
-        metrics = loop.train_step(model, opt, sched, micro, cfg=mcfg, placement=placement,
+        metrics = step_fn(stepper, opt, sched, micro, cfg=mcfg, placement=placement,
                                   grad_clip=job.optim.grad_clip, lambdas=lambdas,
                                   world_target=world_target)  # fmt: skip
         cursor += accum * g_rows
-        row, total_tok = _reduce_metrics(metrics, objectives, float(sum(int(m["n_tokens"]) for m in micro)))
+        ntok = float(sum(int(m["n_tokens"]) for m in micro)) if counts_tokens else 0.0
+        row, total_tok = _reduce_metrics(metrics, objectives, ntok)
         batch_tokens = int(round(total_tok))
         tokens_seen += batch_tokens
         now = time.perf_counter()
@@ -201,7 +216,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         if metrics["gns_small_sq"] is not None and batch_tokens > 0:
             b_noise = gns.update(metrics["gns_small_sq"], metrics["gns_big_sq"], batch_tokens / accum, batch_tokens)
         row["critical_batch_tokens"] = b_noise
-        if data.target_batch_tokens:
+        if data.target_batch_tokens and dims.pp == 1:
             want = cap_batch(float(data.target_batch_tokens), b_noise)
             ideal = round(want / max(batch_tokens / accum, 1.0))
             # One micro-batch more or less per step; at least 2 keeps the estimate alive.
@@ -230,14 +245,15 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 f.write(json.dumps(row) + "\n")
         done = step + 1
         if done % job.loop.checkpoint_every == 0 or done == job.loop.steps:
-            scores = loop.evaluate(model, heldout, mcfg, placement, world_target)
+            scores = eval_fn(stepper, heldout, mcfg, placement, world_target)
             tuner_state = ray.get(tuner.state_dict.remote()) if (rank == 0 and tuner is not None) else None
             state = {"step": done, "cursor": cursor, "tokens_seen": tokens_seen, "lambdas": lambdas,
                      "rng": ckpt.rng_state(), "tuner": tuner_state, "accum": accum,
                      "gns": gns.state_dict(), "world_size": world, "batch_size": data.batch_size,
+                     "parallel": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp},
                      "threads": torch.get_num_threads()}  # fmt: skip
             tmp = Path(tempfile.mkdtemp(prefix=f"ogi-ckpt-{done}-"))
-            root = ckpt.save(tmp, model, opt, sched, state, rank)
+            root = ckpt.save(tmp, model, opt, sched, state, rank, mesh)
             name = f"step_{done:06d}"
             fields: dict[str, Any] = {}
             if rank == 0:

@@ -1,0 +1,370 @@
+"""TP, PP and FSDP applied to the plain model, against a single process (gloo, CPU).
+
+Every distributed case spawns real gloo ranks with torch.multiprocessing
+(``run_distributed``), trains the same seeded model on the same rows with the same λ, and
+compares the per-step losses, the global gradient norm, the gathered full weights and the
+Merkle root with one process running ``loop.train_step`` over the same micro-batches.
+
+Tolerance (fp32): TP splits the q/k/v/wo and MLP matmuls over ranks and sums partial
+products in another order, FSDP averages gradients with a reduce-scatter, PP divides the
+accumulated gradient by the micro-batch count after backward instead of scaling each loss
+before it; all of these change rounding only (~1e-7 relative per op). Losses are compared
+at 1e-5 relative, weights after AdamW steps at 1e-5 absolute (weights are ~0.02; AdamW's
+first steps move each element by ≈ lr·sign(g), so a gradient element at the rounding
+level could flip; none did). docs/parallel_apply.md records what was observed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ogi_ray.lineage.merkle import weights_root
+from ogi_ray.model import build, preset
+from ogi_ray.parallel.dims import ParallelDims, dp_rank_and_size
+from ogi_ray.parallel.pipeline import build_stage, stage_layers
+
+STEPS = 3
+ROWS = 2  # rows per chunk; a step's global batch is 4 chunks (8 rows)
+CHUNKS = 4
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 1e-5
+
+
+def _cfg():
+    c = preset("tiny", vocab_size=300, n_text=16, n_img=4, img_dim=48, n_vid=8, vid_group=4,
+               vid_dim=96, n_steps=2, prop_dim=4, act_dim=4)  # fmt: skip
+    return replace(c, n_layers=4)  # the preset fixes n_layers: override after
+
+
+def _chunk(cfg, step, i):
+    """One chunk of ROWS rows (all five objectives present), deterministic in (step, i)."""
+    g = torch.Generator().manual_seed(1000 * step + i)
+    lay, b = cfg.layout, ROWS
+    valid = torch.ones(b, lay.n_text, dtype=torch.bool)
+    valid[1, 12:] = False  # some padding
+    tokens = torch.randint(1, cfg.vocab_size, (b, lay.n_text), generator=g).masked_fill(~valid, 0)
+    act = torch.randn(b, lay.n_steps, cfg.act_dim, generator=g)
+    noise = torch.randn(b, lay.n_steps, cfg.act_dim, generator=g)
+    t = torch.rand(b, generator=g)
+    return {
+        "tokens": tokens, "text_valid": valid, "n_tokens": torch.tensor(int(valid.sum())),
+        "img": torch.rand(b, lay.n_img, cfg.img_dim, generator=g),
+        "img2": torch.rand(b, lay.n_img, cfg.img_dim, generator=g),
+        "img_present": torch.ones(b, lay.n_img, dtype=torch.bool),
+        "mae_mask": torch.rand(b, lay.n_img, generator=g) < 0.75,
+        "vid": torch.rand(b, lay.n_vid, cfg.vid_dim, generator=g),
+        "vid_present": torch.ones(b, lay.n_vid, dtype=torch.bool),
+        "prop": torch.rand(b, lay.n_steps, cfg.prop_dim, generator=g),
+        "act": act, "act_dims": torch.ones(b, cfg.act_dim, dtype=torch.bool),
+        "step_present": torch.ones(b, lay.n_steps, dtype=torch.bool),
+        "flow_t": t, "act_xt": t[:, None, None] * act + (1 - t[:, None, None]) * noise,
+        "act_v": act - noise,
+    }  # fmt: skip
+
+
+LAMBDAS = {"lm": 1.0, "vision": 0.7, "align": 1.3, "world": 0.5, "embod": 1.1}
+
+
+def _optim(model):
+    from ogi_ray.train.optim import OptimConfig, build_optimizer
+
+    return build_optimizer(model, OptimConfig(lr=1e-3, min_lr=1e-4), total_steps=10)
+
+
+def _fresh(cfg):
+    from ogi_ray.train import loop
+
+    torch.manual_seed(0)
+    model = build(cfg)
+    return model, loop.make_world_target(model)
+
+
+def _placement():
+    from ogi_ray.parallel.device import DeviceConfig, resolve
+
+    return resolve(DeviceConfig(device="cpu", precision="fp32"))
+
+
+# ── the distributed harness ───────────────────────────────────────────────────────────
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, out_dir, fn, args):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        from datetime import timedelta
+
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
+        result = fn(rank, world, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+    except BaseException:
+        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+def run_distributed(fn, world_size, *args, timeout=600.0):
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned gloo ranks; returns
+    the list of their results. A rank that raises, dies or outlives ``timeout`` fails
+    the test with its traceback (the other ranks are then terminated)."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="ogi-dist-") as out:
+        procs = [ctx.Process(target=_entry, args=(r, world_size, port, out, fn, args))
+                 for r in range(world_size)]  # fmt: skip
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        failed = None
+        while any(p.is_alive() for p in procs) and failed is None:
+            failed = next((r for r, p in enumerate(procs) if p.exitcode not in (None, 0)), None)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        failed = next((r for r, p in enumerate(procs) if p.exitcode not in (None, 0)), failed)
+        alive = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(10)
+        if failed is not None:
+            err = Path(out) / f"rank{failed}.err"
+            pytest.fail(f"rank {failed} failed:\n" + (err.read_text() if err.exists() else "no traceback"))
+        if alive:
+            pytest.fail(f"ranks {alive} still running after {timeout:.0f} s")
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+# ── the single-process reference ──────────────────────────────────────────────────────
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Losses, norms and weights of one process: train_step over the step's 4 chunks."""
+    from ogi_ray.train import loop
+
+    torch.set_num_threads(1)
+    cfg = _cfg()
+    model, wt = _fresh(cfg)
+    root0 = weights_root(model.state_dict())
+    opt, sched = _optim(model)
+    metrics = []
+    for step in range(STEPS):
+        micro = [_chunk(cfg, step, i) for i in range(CHUNKS)]
+        metrics.append(loop.train_step(model, opt, sched, micro, cfg=cfg, placement=_placement(),
+                                       grad_clip=1.0, lambdas=LAMBDAS, world_target=wt))  # fmt: skip
+    evals = loop.evaluate(model, {"held": _chunk(cfg, 99, 0)}, cfg, _placement(), wt)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+    return {"metrics": metrics, "root0": root0, "state": state, "evals": evals, "optim": osd}
+
+
+def _train_rank(rank, world, dims_t, n_micro):
+    """One rank: build the mesh, apply the layout, train STEPS steps on its dp slice."""
+    from ogi_ray.parallel import apply as par
+    from ogi_ray.parallel.pipeline import build_pipeline, pipeline_evaluate, pipeline_train_step
+    from ogi_ray.train import loop
+
+    # The proposed fix of train/optim.py (mesh-aware norms, see docs/parallel_apply.md).
+    loop.clip_grad_norm = lambda m, c: par.clip_grad_norm_(m.parameters(), c)
+    loop.total_grad_sq_norm = lambda m: float(par.grad_sq_norm(m.parameters()))
+    cfg, dims = _cfg(), ParallelDims(*dims_t)
+    mesh = par.build_mesh("cpu", dims)
+    dp_rank, dp = dp_rank_and_size(mesh)
+    model, wt = _fresh(cfg)
+    t0 = time.perf_counter()
+    if dims.pp > 1:
+        pipe = build_pipeline(model, mesh, cfg, n_micro, torch.device("cpu"))
+        module, step_fn, target = pipe.module, pipeline_train_step, pipe
+    else:
+        module = par.apply(model, mesh)
+        step_fn, target = loop.train_step, module
+    del model
+    root0 = par.gather_full_state_dict(module, mesh)
+    root0 = weights_root(root0) if root0 else None
+    opt, sched = _optim(module)
+    metrics = []
+    per = CHUNKS // dp  # this dp rank's chunks of the step's global batch
+    for step in range(STEPS):
+        micro = [_chunk(cfg, step, i) for i in range(dp_rank * per, (dp_rank + 1) * per)]
+        metrics.append(step_fn(target, opt, sched, micro, cfg=cfg, placement=_placement(),
+                               grad_clip=1.0, lambdas=LAMBDAS, world_target=wt))  # fmt: skip
+    seconds = (time.perf_counter() - t0) / STEPS
+    held = {"held": _chunk(cfg, 99, 0)}
+    if dims.pp > 1:
+        evals = pipeline_evaluate(pipe, held, cfg, _placement(), wt)
+    else:
+        evals = loop.evaluate(module, held, cfg, _placement(), wt)
+    state = par.gather_full_state_dict(module, mesh)
+    osd = par.gather_full_optimizer_state(module, opt, mesh)
+    lead_root = None
+    if dims.pp == 1:  # the lead's checkpoint path (train/checkpoint.py) on the same layout
+        from ogi_ray.train import checkpoint as ckpt
+
+        lead = ckpt.gather_model_state(module)
+        lead_root = weights_root(lead) if lead else None
+    # Round trip: load the gathered state into a fresh copy of this layout, gather again.
+    box = [(state, osd)]
+    torch.distributed.broadcast_object_list(box, src=0)
+    fresh, _ = _fresh(cfg)
+    if dims.pp > 1:
+        module2 = build_pipeline(fresh, mesh, cfg, n_micro, torch.device("cpu")).module
+    else:
+        module2 = par.apply(fresh, mesh)
+    opt2, _ = _optim(module2)
+    par.load_full_state_dict(module2, box[0][0])
+    par.load_full_optimizer_state(module2, opt2, box[0][1])
+    again = (par.gather_full_state_dict(module2, mesh), par.gather_full_optimizer_state(module2, opt2, mesh))
+    return {"metrics": metrics, "root0": root0, "state": state, "dp_rank": dp_rank,
+            "dp": dp, "evals": evals, "seconds_per_step": seconds, "optim": osd,
+            "lead_root": lead_root, "again": again}  # fmt: skip
+
+
+def _check(results, ref, name):
+    """Compare with the reference; returns the largest differences (for the docs)."""
+    dp = results[0]["dp"]
+    worst = {"loss_rel": 0.0, "grad_norm_rel": 0.0, "weight_abs": 0.0}
+    for step in range(STEPS):
+        want = ref["metrics"][step]
+        for key, value in want.items():
+            if not key.startswith(("loss/", "gradnorm_raw/")) and key != "grad_norm":
+                continue
+            if key.startswith("gradnorm_raw/"):  # first micro-batch = chunk 0: dp rank 0
+                got = [r["metrics"][step][key] for r in results if r["dp_rank"] == 0]
+            else:  # the worker's mean over dp ranks (every rank of a replica agrees)
+                got = [sum(r["metrics"][step][key] for r in results if r["dp_rank"] == d) /
+                       sum(1 for r in results if r["dp_rank"] == d) for d in range(dp)]  # fmt: skip
+                got = [sum(got) / dp] if key.startswith("loss/") else got
+            for g in got:
+                rel = abs(g - value) / max(abs(value), 1e-12)
+                worst["grad_norm_rel" if key == "grad_norm" else "loss_rel"] = max(
+                    worst["grad_norm_rel" if key == "grad_norm" else "loss_rel"], rel)
+                assert rel <= LOSS_RTOL, f"{name} step {step} {key}: {g} vs {value} (rel {rel:.2e})"
+    assert results[0]["root0"] == ref["root0"], f"{name}: Merkle root at step 0 differs"
+    state = results[0]["state"]
+    assert sorted(state) == sorted(ref["state"]), f"{name}: gathered names differ"
+    for k, v in ref["state"].items():
+        diff = float((state[k] - v).abs().max())
+        worst["weight_abs"] = max(worst["weight_abs"], diff)
+        assert diff <= WEIGHT_ATOL, f"{name}: {k} differs by {diff:.2e} after {STEPS} steps"
+    for k, v in ref["evals"].items():
+        got = results[-1]["evals"][k]
+        assert got == pytest.approx(v, rel=LOSS_RTOL), f"{name}: eval {k} {got} vs {v}"
+    assert all(not r["state"] for r in results[1:]), "only global rank 0 holds the full state"
+    if results[0]["lead_root"] is not None:
+        assert results[0]["lead_root"] == weights_root(state), f"{name}: checkpoint.py's gather differs"
+    _check_optim(results[0]["optim"], ref["optim"], name, worst)
+    state2, osd2 = results[0]["again"]
+    assert weights_root(state2) == weights_root(state), f"{name}: load/gather round trip changed weights"
+    for k, st in results[0]["optim"]["state"].items():
+        for key, v in st.items():
+            assert torch.equal(osd2["state"][k][key], v), f"{name}: optimizer round trip {k}.{key}"
+    worst["seconds_per_step"] = max(r["seconds_per_step"] for r in results)
+    print(f"\n{name}: {worst}")
+    return worst
+
+
+def _check_optim(got, want, name, worst):
+    """AdamW moments in the single-process layout: same names, same groups, close values
+    (relative to each tensor's largest element: moments of tiny gradients are noise)."""
+    assert sorted(got["state"]) == sorted(want["state"]), f"{name}: optimizer state names differ"
+    for g, w in zip(got["param_groups"], want["param_groups"], strict=True):
+        assert sorted(g["params"]) == sorted(w["params"]), f"{name}: param group members differ"
+    worst["optim_rel"] = 0.0
+    for k, st in want["state"].items():
+        for key, v in st.items():
+            diff = float((got["state"][k][key].float() - v.float()).abs().max())
+            rel = diff / max(float(v.float().abs().max()), 1e-30)
+            worst["optim_rel"] = max(worst["optim_rel"], rel)
+            assert rel <= 1e-4, f"{name}: optimizer {k}.{key} differs by {rel:.2e} (relative)"
+
+
+# ── cases ─────────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    "name,dims,n_micro",
+    [
+        ("tp2", (1, 2, 1), 0),
+        ("pp2", (1, 1, 2), 4),
+        ("dp2", (2, 1, 1), 0),
+        ("dp2xtp2", (2, 2, 1), 0),
+        pytest.param("dp2xpp2", (2, 1, 2), 2, marks=pytest.mark.slow),
+        pytest.param("dp2xtp2xpp2", (2, 2, 2), 2, marks=pytest.mark.slow),
+    ],
+)
+def test_layout_matches_single_process(reference, name, dims, n_micro):
+    world = dims[0] * dims[1] * dims[2]
+    results = run_distributed(_train_rank, world, dims, n_micro, timeout=900.0)
+    _check(results, reference, name)
+
+
+# ── pieces without process groups ──────────────────────────────────────────────────────
+
+
+def test_parallel_dims_validate():
+    assert ParallelDims(2, 2, 2).world_size == 8
+    ParallelDims(2, 1, 3).validate(6)
+    with pytest.raises(ValueError, match="world size 4"):
+        ParallelDims(2, 2, 2).validate(4)
+    with pytest.raises(ValueError, match="tp"):
+        ParallelDims(1, 0, 1)
+    assert ParallelDims.from_plan({"dp": 2, "tp": 1, "pp": 4}) == ParallelDims(2, 1, 4)
+    assert dp_rank_and_size(None) == (0, 1)
+
+
+def test_stage_layers_contiguous_first_stages_take_extra():
+    assert [list(stage_layers(7, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [len(stage_layers(4, r, 4)) for r in range(4)] == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="at least as many layers"):
+        stage_layers(2, 0, 3)
+
+
+def test_tp_rejects_split_heads():
+    from ogi_ray.parallel.apply import check_tp
+
+    check_tp(_cfg(), 4)
+    with pytest.raises(ValueError, match="n_heads 4"):
+        check_tp(_cfg(), 3)
+
+
+def test_stages_partition_the_model_and_compose_to_its_forward():
+    cfg = _cfg()
+    model, _ = _fresh(cfg)
+    stages = [build_stage(model, r, 3, torch.device("cpu")) for r in range(3)]
+    names = [set(s.state_dict()) for s in stages]
+    assert set().union(*names) == set(model.state_dict())
+    assert sum(len(n) for n in names) == len(model.state_dict())  # disjoint
+    assert "tok_embed.weight" in names[0] and "lm_head.weight" in names[2]
+    assert "layers.0.attn.wq.weight" in names[0] and "layers.3.mlp.w2.weight" in names[2]
+    batch = _chunk(cfg, 0, 0)
+    keys = tuple(sorted(k for k, v in batch.items() if v.dim() >= 1))
+    stages[0].input_keys = keys
+    with torch.no_grad():
+        h, out = model(batch)
+        x = stages[1](stages[0](*(batch[k] for k in keys)))
+        h2, *heads = stages[2](x)
+    assert torch.equal(h, h2)
+    assert list(stages[2].head_keys) == list(out)
+    for k, v in zip(stages[2].head_keys, heads, strict=True):
+        assert torch.equal(out[k], v)
