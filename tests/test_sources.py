@@ -187,3 +187,28 @@ def test_espeak_speech(tmp_path, monkeypatch):
     (s,) = _computed_twice("espeak_speech", params, {"audio", "text"}, tmp_path, monkeypatch)
     assert s["text"].startswith("Anarchism is a political philosophy")
     assert 16_000 < len(s["audio"]) < 16_000 * 15 and np.abs(s["audio"]).max() > 0.05
+
+
+def test_cache_helper_is_atomic_and_keyed(tmp_path, monkeypatch):
+    from ogi_ray.corpus.sources._cache import atomic_write, cache_dir, cached_npz, key_digest
+
+    monkeypatch.setenv("OGI_CACHE_DIR", str(tmp_path))
+    assert cache_dir("x") == tmp_path / "x"
+    assert key_digest({"a": 1, "b": 2}) == key_digest({"b": 2, "a": 1}) != key_digest({"a": 2})
+    path = cache_dir("x") / "f.npz"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"v": np.arange(3, dtype=np.float32)}
+
+    first = cached_npz(path, compute)
+    assert np.array_equal(cached_npz(path, compute)["v"], first["v"]) and len(calls) == 1
+
+    def failing(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(cache_dir("x") / "g.bin", failing)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["f.npz"]  # no partial file

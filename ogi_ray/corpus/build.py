@@ -1,85 +1,58 @@
 """Corpus build on Ray Data: mixture YAML → license gate → tokenize → mix → shards + manifest.
 
-    mixture.yaml ─► license gate (policy) ─► items (one per file/clip/episode)
-        │                                         │ Ray Data flat_map, one task per block
-        │  pass 1: text of every item ─► BPE trained on a fixed per-source prefix
-        ▼                                         ▼
-    pass 2: read + tokenize ─► rows (raw counts, effective_tokens, raw_hash) ─► materialize
+    mixture.yaml ─► license gate (policy) ─► items (one per file/clip/episode/batch)
         ▼
-    driver: per-source effective tokens (small columns only) ─► held-out split ─►
-            plan_mixture (exact shares) ─► row counts
+    pass 1 (flat_map, one read per item): media tokenized (patches, tubelets, audio
+        frames, per-step vectors, cut in time), text kept raw ─► materialize
+        driver: error rows? raise naming file, source, item, field
+                text prefixes, fixed per-source budget ─► BPE (deterministic)
         ▼
-    pass 3: expand rows by count, key each copy by a seeded hash ─► sort ─► shards of
-            ``shard_rows`` rows written in order ─► manifest.json (+ manifest_hash)
+    pass 2 (map_batches): BPE ids, text-only docs split into rows, counts,
+        effective_tokens ─► materialize
+        driver: small columns only ─► held-out split (seeded hash) ─► plan_mixture
+                (exact shares) ─► mixed_order: every copy's global ``position``
+        ▼
+    pass 3: rows in mixed order, ``shard_rows`` at a time ─► Parquet shards written in
+        order ─► manifest.json (+ manifest_hash). The order is known, so nothing is
+        sampled: a small corpus is gathered by the driver (which writes every byte
+        anyway) and each shard is one ``take``; a large one is expanded to its copies
+        and range-partitioned by ``position`` at shard edges by Ray Data's sort.
 
 Everything is written under ``OUT.tmp-<pid>`` and renamed to ``OUT`` at the end, so a
-failed build leaves nothing half-written. The same mixture, seed and inputs give the
-same bytes in every shard and the same ``manifest_hash``.
+failed build leaves nothing half-written (and an older ``OUT`` intact). The same
+mixture, seed and inputs give the same bytes in every shard and the same
+``manifest_hash``, whatever the number of CPUs or blocks: every order is fixed by keys,
+never by task timing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import math
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ogi_ray.canonical import file_sha256, hash_canonical, sha256_hex
 from ogi_ray.config import ConfigError, to_dict
 from ogi_ray.corpus.config import MODALITIES, MixtureConfig, load_mixture
 from ogi_ray.corpus.license import gate_sources, load_policy
 from ogi_ray.corpus.manifest import SCHEMA_VERSION, seal
-from ogi_ray.corpus.mixing import MixingError, order_key, plan_mixture
+from ogi_ray.corpus.mixing import MixingError, mixed_order, plan_mixture
+from ogi_ray.corpus.passes import copies_batch, driver_view, encode_batch, read_item
 from ogi_ray.corpus.sources import BUILDERS
-from ogi_ray.corpus.tokenize import load_bpe, tokenize_sample, train_bpe
+from ogi_ray.corpus.tokenize import SourceDataError, train_bpe
 
+log = logging.getLogger(__name__)
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "datasets" / "policy.yaml"
-TEXT_PREFIX_PER_ITEM = 20_000  # characters per item offered to BPE training
-
-
-def _read_text(batch_row: dict[str, Any], specs: dict[str, tuple[str, dict]]) -> list[dict]:
-    kind, params = specs[batch_row["source"]]
-    out = []
-    for seq, sample in enumerate(BUILDERS[kind].read(batch_row["item"], params)):
-        if sample.get("text"):
-            out.append({
-                "source": batch_row["source"], "item_index": batch_row["item_index"],
-                "seq": seq, "text": sample["text"][:TEXT_PREFIX_PER_ITEM],
-            })  # fmt: skip
-    return out
-
-
-def _tokenize(
-    batch_row: dict[str, Any], specs: dict[str, tuple[str, dict]], tok_json: str, cfg_dict: dict
-) -> list[dict]:
-    from ogi_ray.config import from_dict
-    from ogi_ray.corpus.config import PatchConfig, TextTokenizerConfig
-
-    source, item = batch_row["source"], batch_row["item"]
-    kind, params = specs[source]
-    declared = set(cfg_dict["modalities"][source])
-    bpe = load_bpe(tok_json)
-    text_cfg = from_dict(TextTokenizerConfig, cfg_dict["text_tokenizer"])
-    patch_cfg = from_dict(PatchConfig, cfg_dict["patches"])
-    rows = []
-    for sample in BUILDERS[kind].read(item, params):
-        for row in tokenize_sample(
-            sample, source=source, bpe=bpe, text_cfg=text_cfg, patch_cfg=patch_cfg,
-            rates=cfg_dict["exchange_rates"],
-        ):  # fmt: skip
-            extra = set(row["modality"].split("+")) - declared
-            if extra:
-                raise ValueError(
-                    f"source {source!r} item {item!r} produced modalities {sorted(extra)} "
-                    f"not declared in its 'modalities' {sorted(declared)}"
-                )
-            row["text_tokens"] = np.asarray(row["text_tokens"], "<i4").tobytes()
-            row["row_key"] = f"{batch_row['item_index']:06d}/{row['doc_id']}/{row['chunk']}"
-            rows.append(row)
-    return rows
+PART_BYTES = 256 << 20  # bytes per sorted partition: a small corpus sorts as one block
+# Token rows up to this size are put in mixed order by the driver (see _ordered_batches).
+DRIVER_ORDER_BYTES = 1 << 30
 
 
 def _gate(
@@ -93,7 +66,7 @@ def _gate(
     if cfg.mixing.renormalize_after_gate:
         shares = {s.name: s.share / total for s in included}
     elif abs(total - 1.0) > 1e-6:
-        names = ", ".join(e["name"] for e in excluded) or "none"
+        names = ", ".join(f"{e['name']} ({e['reason']})" for e in excluded) or "none"
         raise ConfigError(
             path, "sources",
             f"shares of the admitted sources must sum to 1, they sum to {total:.6f} "
@@ -103,6 +76,93 @@ def _gate(
         shares = {s.name: s.share for s in included}
     info = {"policy": policy.name, "policy_sha256": file_sha256(policy_path)}
     return included, excluded, info, shares
+
+
+def _items(included: list, path: str | Path) -> list[dict[str, Any]]:
+    """Item rows, interleaved across sources so every block mixes cheap and costly items."""
+    per_source = []
+    for s in included:
+        try:
+            its = BUILDERS[s.kind].items(s.params)
+        except Exception as e:
+            raise SourceDataError(s.name, None, "params", f"cannot list items: {e}", file=path) from e
+        if not its:
+            raise ConfigError(path, f"sources.{s.name}", "source lists no items (empty source)")
+        per_source.append([{"source": s.name, "item": it, "item_index": i} for i, it in enumerate(its)])
+    rows = [r for group in per_source for r in group]
+    return sorted(rows, key=lambda r: (r["item_index"], r["source"]))
+
+
+def _raise_errors(view: Any, path: str | Path) -> None:
+    errs = view[view["error"] != ""].sort_values(["source", "item_index"])
+    if len(errs):
+        e = errs.iloc[0]
+        more = f" (and {len(errs) - 1} more failing items)" if len(errs) > 1 else ""
+        raise SourceDataError(e["source"], e["item"], e["error_field"] or None,
+                              e["error"] + more, file=str(path))  # fmt: skip
+
+
+def _bpe_texts(view: Any, cfg: MixtureConfig, included: list) -> list[str]:
+    """A fixed prefix of each source's text, in item order: the same text every build."""
+    texts = view[view["text"] != ""].sort_values(["source", "item_index", "seq", "chunk"])
+    budget = {s.name: cfg.text_tokenizer.train_chars for s in included}
+    out = []
+    for source, text in zip(texts["source"], texts["text"], strict=True):
+        if budget[source] > 0:
+            out.append(text[: budget[source]])
+            budget[source] -= len(out[-1])
+    return out
+
+
+def _range_sorted(ds: Any, copies: dict, n_rows: int, shard_rows: int, est_bytes: float) -> Any:
+    """``ds`` expanded to its copies and sorted by ``position``.
+
+    The positions are known, so the sort gets its boundaries instead of sampling them,
+    at shard edges, and as few partitions as the data size needs: a SortShuffle with one
+    partition per input block (dozens) cost most of a small build.
+    """
+    n_shards = max(1, math.ceil(n_rows / shard_rows))
+    n_parts = max(1, min(n_shards, math.ceil(est_bytes / PART_BYTES)))
+    per = math.ceil(n_shards / n_parts) * shard_rows
+    bounds = [per * k for k in range(1, n_parts)] or [n_rows]  # [] would mean "sample"
+    expanded = ds.map_batches(copies_batch, fn_args=(copies,), batch_format="pyarrow")
+    return expanded.sort("position", boundaries=bounds)
+
+
+def _ordered_batches(
+    ds: Any, copies: dict, n_rows: int, shard_rows: int, unique_bytes: float
+) -> Iterator[Any]:
+    """Shard-sized Arrow tables of ``ds``'s copies, in ``position`` order.
+
+    Every byte of the shards passes through the driver, which writes them, so a corpus
+    whose unique rows fit ``DRIVER_ORDER_BYTES`` is ordered there: its blocks are
+    gathered once and each shard is one ``take`` of known row indices, with no shuffle.
+    Larger corpora go through Ray Data's range-partitioned sort (``_range_sorted``).
+    Both give the same rows in the same order, so the same bytes.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import ray
+
+    if unique_bytes > DRIVER_ORDER_BYTES:
+        sorted_ds = _range_sorted(ds, copies, n_rows, shard_rows, unique_bytes * n_rows / max(1, ds.count()))
+        yield from sorted_ds.iter_batches(batch_size=shard_rows, batch_format="pyarrow")
+        return
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    row_of = np.full(n_rows, -1, np.int64)  # position -> row index in ``table``
+    repeat_of = np.zeros(n_rows, np.int64)
+    keys = zip(table["source"].to_pylist(), table["row_key"].to_pylist(), strict=True)
+    for i, (s, k) in enumerate(keys):
+        reps, poss = copies.get(f"{s}|{k}", ((), ()))
+        row_of[list(poss)] = i
+        repeat_of[list(poss)] = reps
+    if (row_of < 0).any():
+        raise RuntimeError(f"{int((row_of < 0).sum())} planned rows are missing from the token rows")
+    for lo in range(0, n_rows, shard_rows):
+        hi = min(lo + shard_rows, n_rows)
+        part = table.take(pa.array(row_of[lo:hi]))
+        part = part.append_column("repeat", pa.array(repeat_of[lo:hi]))
+        yield part.append_column("position", pa.array(np.arange(lo, hi, dtype=np.int64)))
 
 
 def build_corpus(
@@ -116,7 +176,6 @@ def build_corpus(
 
     Ray must be initialised by the caller (the CLI does ``ray.init()``).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
 
@@ -126,51 +185,54 @@ def build_corpus(
     policy_path = Path(policy_path or DEFAULT_POLICY)
     included, excluded, policy_info, shares = _gate(cfg, mixture_path, policy_path)
     specs = {s.name: (s.kind, s.params) for s in included}
+    declared = {s.name: list(s.modalities) for s in included}
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # determinism: order never depends on timing
 
-    item_rows: list[dict[str, Any]] = []
-    for s in included:
-        its = BUILDERS[s.kind].items(s.params)
-        if not its:
-            raise ConfigError(mixture_path, f"sources.{s.name}", "source lists no items (empty source)")
-        item_rows += [{"source": s.name, "item": it, "item_index": i} for i, it in enumerate(its)]
-    n_blocks = max(1, min(len(item_rows), 64))
+    item_rows = _items(included, mixture_path)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    n_blocks = max(1, min(len(item_rows), 4 * cpus))
     items_ds = ray.data.from_items(item_rows, override_num_blocks=n_blocks)
 
-    # Pass 1: the BPE's training text, a fixed prefix of each source (deterministic order).
-    texts = items_ds.flat_map(_read_text, fn_args=(specs,)).take_all()
-    texts.sort(key=lambda r: (r["source"], r["item_index"], r["seq"]))
-    budget = {s.name: cfg.text_tokenizer.train_chars for s in included}
-    train_texts = []
-    for r in texts:
-        if budget[r["source"]] > 0:
-            train_texts.append(r["text"][: budget[r["source"]]])
-            budget[r["source"]] -= len(train_texts[-1])
+    t0 = time.perf_counter()
+    # Pass 1: read each item once; everything but text is tokenized here.
+    stage1 = items_ds.flat_map(read_item, fn_args=(specs, to_dict(cfg.patches), declared))
+    stage1 = stage1.materialize()
+    view = stage1.map_batches(driver_view, batch_format="pyarrow").to_pandas()
+    _raise_errors(view, mixture_path)
+    train_texts = _bpe_texts(view, cfg, included)
     if not train_texts:
         raise ConfigError(mixture_path, "sources", "no source has text to train the tokenizer on")
     tok_json = train_bpe(train_texts, cfg.text_tokenizer)
+    del view, train_texts
+    t1 = time.perf_counter()
+    log.info("corpus pass 1 (read, media tokens, BPE): %.1f s", t1 - t0)
 
-    # Pass 2: read + tokenize every item.
-    cfg_dict = {
-        "modalities": {s.name: s.modalities for s in included},
-        "text_tokenizer": to_dict(cfg.text_tokenizer),
-        "patches": to_dict(cfg.patches),
-        "exchange_rates": cfg.exchange_rates,
-    }
-    rows_ds = items_ds.flat_map(_tokenize, fn_args=(specs, tok_json, cfg_dict)).materialize()
+    # Pass 2: text ids, text-only rows split, counts.
+    rows_ds = stage1.map_batches(
+        encode_batch, batch_format="pyarrow",
+        fn_args=(tok_json, to_dict(cfg.text_tokenizer), cfg.exchange_rates),
+    ).materialize()  # fmt: skip
+    del stage1
     count_cols = [f"tokens_{m}" for m in MODALITIES]
-    stats = rows_ds.select_columns(["source", "row_key", "raw_hash", "effective_tokens", *count_cols]).to_pandas()
+    stats = rows_ds.select_columns(["source", "row_key", "raw_hash", "effective_tokens", *count_cols])
+    # Sorted by key: the plan must not depend on the order blocks came back in.
+    stats = stats.to_pandas().sort_values(["source", "row_key"], ignore_index=True)
     for s in included:
         if not (stats["source"] == s.name).any():
             raise ConfigError(mixture_path, f"sources.{s.name}", "source produced no rows (empty source)")
 
-    # Held-out rows (for evals) are chosen by a seeded hash of the row key, never mixed.
-    h = stats["row_key"].map(lambda k: int(sha256_hex(f"{cfg.seed}|heldout|{k}".encode())[:8], 16))
+    # Held-out documents (for evals) are chosen by a seeded hash of the document's key
+    # (the row key without its chunk number), so no document is split between the
+    # splits; held-out rows are never mixed.
+    h = stats["row_key"].map(
+        lambda k: int(sha256_hex(f"{cfg.seed}|heldout|{k.rsplit('/', 1)[0]}".encode())[:8], 16)
+    )
     stats["heldout"] = (h / 0xFFFFFFFF) < cfg.heldout_fraction
     train = stats[~stats["heldout"]]
-    eff = {s.name: train.loc[train["source"] == s.name, "effective_tokens"].to_numpy() for s in included}
+    by_source = {s.name: train[train["source"] == s.name] for s in included}
+    eff = {n: t["effective_tokens"].to_numpy() for n, t in by_source.items()}
     try:
         plans = plan_mixture(
             eff, shares, seed=cfg.seed, max_repeat=cfg.mixing.max_repeat,
@@ -178,22 +240,16 @@ def build_corpus(
         )  # fmt: skip
     except MixingError as e:
         raise ConfigError(mixture_path, "mixing", str(e)) from e
-    counts: dict[str, int] = {}
-    for s in included:
-        keys = train.loc[train["source"] == s.name, "row_key"].to_numpy()
-        for k, c in zip(keys, plans[s.name].counts, strict=True):
-            if c:
-                counts[f"{s.name}|{k}"] = int(c)
-    heldout_keys = {f"{r.source}|{r.row_key}" for r in stats[stats["heldout"]].itertuples()}
-
-    seed_ = cfg.seed
-
-    def expand(row: dict[str, Any]) -> list[dict[str, Any]]:
-        n = counts.get(f"{row['source']}|{row['row_key']}", 0)
-        return [{**row, "repeat": r, "order": order_key(seed_, row["source"], row["row_key"], r)} for r in range(n)]
-
-    def keep_heldout(row: dict[str, Any]) -> bool:
-        return f"{row['source']}|{row['row_key']}" in heldout_keys
+    keys, counts = [], []
+    for name, t in by_source.items():
+        keys += [(name, k) for k in t["row_key"]]
+        counts += plans[name].counts.tolist()
+    copies = mixed_order(keys, counts, cfg.seed)
+    n_train = sum(counts)
+    t2 = time.perf_counter()
+    log.info("corpus pass 2 (text tokens, counts, plan): %.1f s", t2 - t1)
+    held = stats[stats["heldout"]]  # already in (source, row_key) order: its own order
+    held_copies = {f"{s}|{k}": ([0], [i]) for i, (s, k) in enumerate(zip(held["source"], held["row_key"], strict=True))}
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
@@ -201,34 +257,39 @@ def build_corpus(
     (tmp / "shards").mkdir(parents=True)
     try:
         (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+        unique_bytes = rows_ds.size_bytes()
 
-        def write_split(ds: Any, folder: str) -> list[dict[str, Any]]:
+        def write_split(ds: Any, folder: str, n_rows: int) -> list[dict[str, Any]]:
             (tmp / folder).mkdir(exist_ok=True)
+            which = held_copies if folder == "heldout" else copies
+            batches = _ordered_batches(ds, which, n_rows, cfg.shard_rows, unique_bytes)
             entries, offset = [], 0
-            for i, batch in enumerate(ds.iter_batches(batch_size=cfg.shard_rows, batch_format="pyarrow")):
-                table = batch.drop_columns([c for c in ("order",) if c in batch.column_names])
+            for i, batch in enumerate(batches):
+                # One chunk per column: the Parquet bytes must not depend on how Ray cut blocks.
+                table = batch.combine_chunks()
                 # position: the row's global index in the mixed order (the data cursor unit).
-                table = table.append_column("position", pa.array(range(offset, offset + table.num_rows), pa.int64()))
+                if table["position"][0].as_py() != offset:
+                    raise RuntimeError(f"{folder}: rows out of order at position {offset}")
                 offset += table.num_rows
                 table = table.select(sorted(table.column_names))  # stable column order
                 rel = f"{folder}/part-{i:05d}.parquet"
                 pq.write_table(table, tmp / rel, compression="zstd")
                 entries.append({
                     "path": rel, "sha256": file_sha256(tmp / rel), "rows": table.num_rows,
-                    "effective_tokens": float(pa.compute.sum(table["effective_tokens"]).as_py()),
+                    # fsum: exact, so the total does not depend on summation order
+                    "effective_tokens": math.fsum(table["effective_tokens"].to_pylist()),
                 })  # fmt: skip
+            if offset != n_rows:
+                raise RuntimeError(f"{folder}: wrote {offset} rows, the plan has {n_rows}")
             return entries
 
-        shards = write_split(rows_ds.flat_map(expand).sort("order"), "shards")
-        heldout = []
-        if heldout_keys:
-            heldout = write_split(rows_ds.filter(keep_heldout).sort("row_key"), "heldout")
-
+        shards = write_split(rows_ds, "shards", n_train)
+        heldout = write_split(rows_ds, "heldout", len(held)) if len(held) else []
+        log.info("corpus pass 3 (expand, sort, write): %.1f s", time.perf_counter() - t2)
         manifest = _manifest(cfg, mixture_path, included, excluded, policy_info, shares, plans,
                              stats, shards, heldout, tok_json)  # fmt: skip
-        import json
-
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
+        (tmp / "manifest.json").write_text(text, encoding="utf-8")
         if out_dir.exists():
             trash = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(trash)
@@ -250,11 +311,12 @@ def _manifest(
     sources = []
     for s in included:
         p = plans[s.name]
-        mine = stats[(stats["source"] == s.name) & (~stats["heldout"])]
+        mine_all = stats[stats["source"] == s.name]
+        mine = mine_all[~mine_all["heldout"]]
         mix_counts = p.counts
         by_mod = {m: int((mine[f"tokens_{m}"].to_numpy() * mix_counts).sum()) for m in s.modalities}
         digest = hashlib.sha256()
-        for k, rh in sorted(zip(stats.loc[stats["source"] == s.name, "row_key"], stats.loc[stats["source"] == s.name, "raw_hash"], strict=True)):
+        for k, rh in sorted(zip(mine_all["row_key"], mine_all["raw_hash"], strict=True)):
             digest.update(f"{k}\0{rh}\n".encode())
         sources.append({
             "name": s.name, "kind": s.kind, "license": s.license, "location": s.location,
@@ -264,20 +326,24 @@ def _manifest(
             "effective_tokens": round(p.realized, 6), "available_effective_tokens": round(p.available, 6),
             "target_effective_tokens": round(p.target, 6), "shortfall_effective_tokens": round(p.shortfall, 6),
             "repeat_factor": round(p.repeats, 9), "rows": int(mix_counts.sum()),
-            "unique_rows": int((mix_counts > 0).sum()), "heldout_rows": int(((stats["source"] == s.name) & stats["heldout"]).sum()),
+            "unique_rows": int((mix_counts > 0).sum()), "heldout_rows": int(mine_all["heldout"].sum()),
+            "heldout_effective_tokens": round(math.fsum(mine_all.loc[mine_all["heldout"], "effective_tokens"]), 6),
             "tokens_by_modality": by_mod, "input_hash": digest.hexdigest(),
+            "effective_by_modality": {m: round(n * cfg.exchange_rates[m], 6) for m, n in by_mod.items()},
         })  # fmt: skip
     pc = cfg.patches
     tokenizers = {
         "text": {"name": "bpe-bytelevel (HF tokenizers)", "vocab_size": cfg.text_tokenizer.vocab_size,
                  "file": "tokenizer.json", "sha256": sha256_hex(tok_json.encode("utf-8")),
-                 "max_tokens": cfg.text_tokenizer.max_tokens},
+                 "max_tokens": cfg.text_tokenizer.max_tokens, "dtype": "int32"},
         "image": {"name": "rgb-patch", "size": pc.size, "patch": pc.patch, "dtype": "uint8", "dim": pc.patch * pc.patch * 3},
         "video": {"name": "rgb-tubelet", "size": pc.size, "patch": pc.patch, "frames": pc.frames_per_tubelet,
-                  "dtype": "uint8", "dim": pc.frames_per_tubelet * pc.patch * pc.patch * 3},
-        "audio": {"name": "pcm-frame", "rate": pc.audio_rate, "frame": pc.audio_frame, "dtype": "float32"},
-        "proprio": {"name": "timestep-vector", "dtype": "float32"},
-        "action": {"name": "timestep-vector", "dtype": "float32"},
+                  "dtype": "uint8", "dim": pc.frames_per_tubelet * pc.patch * pc.patch * 3,
+                  "max_tubelets": pc.max_tubelets},
+        "audio": {"name": "pcm-frame", "rate": pc.audio_rate, "frame": pc.audio_frame, "dtype": "float32",
+                  "dim": pc.audio_frame, "max_frames": pc.max_audio_frames},
+        "proprio": {"name": "timestep-vector", "dtype": "float32", "max_steps": pc.max_steps},
+        "action": {"name": "timestep-vector", "dtype": "float32", "max_steps": pc.max_steps},
     }  # fmt: skip
     for t in tokenizers.values():
         t.setdefault("sha256", hash_canonical(t))

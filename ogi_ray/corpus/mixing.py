@@ -11,6 +11,11 @@ Pure function of (per-source row effective tokens, target shares, seed, rules):
 So each source's effective tokens land within half of one row's tokens of its target
 (at most one row), the same seed gives the same selection, and a source that cannot
 reach its target within ``max_repeat`` passes is an error unless shortfall is allowed.
+
+The order of the mixed stream is a seeded shuffle: every copy (source, row_key, repeat)
+gets ``order_key`` = SHA-256 of "seed|source|row_key|repeat"; copies sorted by it are
+numbered 0, 1, 2, ... (``position``). ``mixed_order`` computes this on the driver from the
+small per-row columns, so the build only sorts by an integer it already knows.
 """
 
 from __future__ import annotations
@@ -91,3 +96,25 @@ def plan_mixture(
 def order_key(seed: int, source: str, row_key: str, repeat: int) -> str:
     """Deterministic position of one row copy in the mixed stream (a seeded shuffle)."""
     return hashlib.sha256(f"{seed}|{source}|{row_key}|{repeat}".encode()).hexdigest()
+
+
+def mixed_order(
+    keys: list[tuple[str, str]], counts: list[int], seed: int
+) -> dict[str, tuple[list[int], list[int]]]:
+    """Positions of every copy in the mixed stream.
+
+    ``keys[i]`` = (source, row_key) of a row taken ``counts[i]`` times. Returns
+    ``"source|row_key" -> (repeats, positions)``; positions are 0..N-1, N = Σ counts.
+    """
+    copies = [
+        (order_key(seed, s, k, r), f"{s}|{k}", r)
+        for (s, k), c in zip(keys, counts, strict=True)
+        for r in range(int(c))
+    ]
+    copies.sort()
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for pos, (_, key, r) in enumerate(copies):
+        reps, poss = out.setdefault(key, ([], []))
+        reps.append(r)
+        poss.append(pos)
+    return out

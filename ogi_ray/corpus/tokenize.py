@@ -1,14 +1,26 @@
 """Per-modality tokenizers: raw samples → token rows with raw and effective counts.
 
-    RawSample ─► text:    byte-level BPE ids           (n_text tokens)
-               ─► image:   resize S×S, P×P RGB patches  (n = (S/P)², each 3·P² uint8)
-               ─► video:   tubelets of F frames × P×P   (n = T/F · (S/P)², each 3·F·P² uint8)
-               ─► audio:   frames of K samples @16 kHz  (n = ⌈len/K⌉, each K float32)
-               ─► proprio/action: one token per timestep (float32 vectors)
+    RawSample ─► text:    byte-level BPE ids + EOS       (n_text tokens)
+               ─► image:   resize S×S, P×P RGB patches    (n = (S/P)², each 3·P² uint8)
+               ─► video:   tubelets of F frames × P×P     (n = T/F · (S/P)², each 3·F·P² uint8)
+               ─► audio:   frames of K samples @16 kHz    (n = ⌈len/K⌉, each K float32)
+               ─► proprio/action: one token per timestep  (float32 vectors)
 
-A long document becomes several rows (text chunks of ``max_tokens``; video and
-embodied samples chunked in time); one row is the unit the mixer counts and the trainer
-reads. ``effective_tokens`` = Σ_modality count × exchange rate (DESIGN decision 1).
+A sample becomes one or more rows, the unit the mixer counts and the trainer reads:
+
+* text only: chunks of ``max_tokens`` tokens;
+* an image (+ caption): one row;
+* time series (video, audio, proprio, action): cut along time into rows that respect
+  every per-row limit (``max_tubelets``, ``max_steps``, ``max_audio_frames``). The cuts
+  are shared, so a row holds the frames, states, actions and sound of the same span
+  (audio is mapped to frames by time: a builder's audio spans its video); audio left
+  over a limit goes to continuation rows right after. A caption rides on the first row.
+
+``effective_tokens`` = Σ_modality count × exchange rate (DESIGN decision 1).
+
+The work is split in two stages so the build reads each item once (see build.py):
+``media_rows`` (everything but text; no BPE needed) and ``text_rows`` (adds the BPE ids,
+splits text-only rows, counts). ``tokenize_sample`` runs both for one sample.
 
 The BPE is trained on the corpus' own text (HF ``tokenizers``; its training was checked
 to be deterministic across runs and thread counts) and its JSON is hashed into the
@@ -25,9 +37,32 @@ from typing import Any
 import numpy as np
 
 from ogi_ray.corpus.config import MODALITIES, PatchConfig, TextTokenizerConfig
+from ogi_ray.corpus.manifest import CorpusError
 
 PAD, EOS = "<|pad|>", "<|eos|>"
 PAD_ID, EOS_ID = 0, 1
+_UINT8 = ("image_patches", "video_tubelets")
+_COUNTED = (("image_patches", "image"), ("video_tubelets", "video"), ("audio_frames", "audio"),
+            ("proprio", "proprio"), ("action", "action"))  # fmt: skip
+
+
+class SourceDataError(CorpusError):
+    """A source's input is unusable (NaN, unreadable item, ...): names source, item, field,
+    and the mixture file once the build knows it."""
+
+    def __init__(
+        self, source: str, item: str | None, field: str | None, message: str,
+        file: str | None = None,
+    ) -> None:  # fmt: skip
+        self.source, self.item, self.field, self.message = source, item, field, message
+        self.file = str(file) if file is not None else None
+        where = (f"{self.file}: " if self.file else "") + f"source {source!r}"
+        where += f", item {item!r}" if item is not None else ""
+        where += f", field {field!r}" if field else ""
+        super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple:  # Ray pickles task errors: keep every attribute
+        return (type(self), (self.source, self.item, self.field, self.message, self.file))
 
 
 def train_bpe(texts: Iterable[str], cfg: TextTokenizerConfig) -> str:
@@ -51,6 +86,17 @@ def load_bpe(tokenizer_json: str) -> Any:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_str(tokenizer_json)
+
+
+def encode_texts(bpe: Any, texts: list[str]) -> list[np.ndarray]:
+    """int32 ids + EOS for each text ('' gives no ids). One batched call: the Rust side
+    runs it in parallel, and batched and single encodings are the same ids."""
+    out = [np.zeros(0, np.int32)] * len(texts)
+    idx = [i for i, t in enumerate(texts) if t]
+    if idx:
+        for i, enc in zip(idx, bpe.encode_batch([texts[i] for i in idx]), strict=True):
+            out[i] = np.asarray([*enc.ids, EOS_ID], np.int32)
+    return out
 
 
 def sha256_hex(data: bytes) -> str:
@@ -101,9 +147,8 @@ def _check_finite(sample: dict, source: str) -> None:
         v = sample.get(key)
         if v is not None and np.issubdtype(np.asarray(v).dtype, np.floating):
             if not np.isfinite(v).all():
-                raise ValueError(
-                    f"source {source!r}, sample {sample.get('doc_id')!r}: field {key!r} "
-                    "contains NaN or inf"
+                raise SourceDataError(
+                    source, None, key, f"sample {sample.get('doc_id')!r} contains NaN or inf"
                 )
 
 
@@ -114,7 +159,8 @@ def raw_hash(sample: dict) -> str:
         v = sample[key]
         h.update(key.encode() + b"\0")
         if isinstance(v, np.ndarray):
-            h.update(str(v.dtype).encode() + str(v.shape).encode() + np.ascontiguousarray(v).tobytes())
+            h.update(str(v.dtype).encode() + str(v.shape).encode())
+            h.update(np.ascontiguousarray(v).tobytes())
         else:
             h.update(repr(v).encode("utf-8"))
     return h.hexdigest()
@@ -136,6 +182,118 @@ def empty_row() -> dict[str, Any]:
     return row
 
 
+def _time_pieces(sample: dict, cfg: PatchConfig) -> list[dict[str, np.ndarray]]:
+    """Cut video / proprio / action / audio along time into rows within every limit."""
+    video = sample.get("video")
+    steps = {k: np.asarray(sample[k], np.float32) for k in ("proprio", "action")
+             if sample.get(k) is not None}  # fmt: skip
+    for k, v in steps.items():  # a per-step vector: (T,) means one value per step
+        steps[k] = v.reshape(len(v), -1)
+    aud = None
+    if sample.get("audio") is not None:
+        aud = audio_frames(sample["audio"], int(sample.get("audio_rate", cfg.audio_rate)), cfg)
+    if video is None and not steps:  # audio only: plain chunks
+        a = aud if aud is not None else np.zeros((0, cfg.audio_frame), np.float32)
+        return [{"audio_frames": a[i : i + cfg.max_audio_frames]}
+                for i in range(0, len(a), cfg.max_audio_frames)]  # fmt: skip
+
+    # The time axis: video frames, grouped F at a time (one tubelet layer); else steps.
+    if video is not None:
+        tub, f = video_tubelets(video, cfg), cfg.frames_per_tubelet
+        g2 = (cfg.size // cfg.patch) ** 2
+        n_t, n_groups = len(video), len(tub) // g2
+        per = max(1, cfg.max_tubelets // g2)
+        if steps:  # the last row also takes up to F-1 trailing steps: leave room for them
+            per = min(per, max(1, (cfg.max_steps - f + 1) // f))
+    else:
+        tub, f, g2 = None, 1, 0
+        n_t = n_groups = len(next(iter(steps.values())))
+        per = cfg.max_steps
+    if aud is not None and len(aud):  # audio frames per group, so rows stay within the limit
+        per = min(per, max(1, int(cfg.max_audio_frames * n_t // (f * len(aud)))))
+    pieces: list[dict[str, np.ndarray]] = []
+    starts = list(range(0, max(n_groups, 1), per))
+    for j, g0 in enumerate(starts):
+        last = j == len(starts) - 1
+        g1 = n_groups if last else g0 + per
+        t0, t1 = g0 * f, (n_t if last else g1 * f)
+        piece: dict[str, np.ndarray] = {}
+        if tub is not None:
+            piece["video_tubelets"] = tub[g0 * g2 : g1 * g2]
+        for k, v in steps.items():
+            piece[k] = v[t0:t1]
+        extra = []
+        if aud is not None and n_t:
+            lo = t0 * len(aud) // n_t
+            hi = len(aud) if last else t1 * len(aud) // n_t
+            a, m = aud[lo:hi], cfg.max_audio_frames
+            piece["audio_frames"] = a[:m]
+            extra = [{"audio_frames": a[i : i + m]} for i in range(m, len(a), m)]
+        pieces += [piece, *extra]
+    return pieces
+
+
+def media_rows(sample: dict, *, source: str, patch_cfg: PatchConfig) -> list[dict[str, Any]]:
+    """Stage 1: one raw sample → rows with every non-text modality tokenized.
+
+    Each row carries ``text`` (the caption on the first row, '' after; the whole text
+    for a text-only sample, marked ``text_only``) for ``text_rows`` to encode.
+    """
+    _check_finite(sample, source)
+    pieces: list[dict[str, np.ndarray]] = []
+    if sample.get("image") is not None:
+        pieces.append({"image_patches": image_patches(sample["image"], patch_cfg)})
+    if any(sample.get(k) is not None for k in ("video", "audio", "proprio", "action")):
+        pieces += _time_pieces(sample, patch_cfg)
+    text = sample.get("text") or ""
+    text_only = not pieces
+    if text_only:
+        pieces = [{}]
+    rhash = raw_hash(sample)
+    rows = []
+    for j, piece in enumerate(pieces):
+        row = empty_row()
+        row.update(source=source, doc_id=str(sample["doc_id"]), chunk=j, raw_hash=rhash,
+                   text=text if j == 0 else "", text_only=text_only)  # fmt: skip
+        for key, m in _COUNTED:
+            if key in piece:
+                # Explicit little-endian: the shard bytes are the same on every machine.
+                arr = np.ascontiguousarray(piece[key], "u1" if key in _UINT8 else "<f4")
+                row[key] = arr.tobytes()
+                row[f"tokens_{m}"] = len(arr)
+                if key in ("proprio", "action"):
+                    row[f"{key}_dim"] = int(arr.shape[1])
+        rows.append(row)
+    return rows
+
+
+def text_rows(
+    row: dict[str, Any], ids: np.ndarray, *, text_cfg: TextTokenizerConfig, rates: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Stage 2: a ``media_rows`` row + its text's BPE ids → final rows with counts.
+
+    A text-only row is split into chunks of ``max_tokens``; otherwise the text is cut to
+    ``max_tokens``. Rows with no tokens at all are dropped.
+    """
+    base = {k: v for k, v in row.items() if k not in ("text", "text_only")}
+    m = text_cfg.max_tokens
+    if row["text_only"]:
+        outs = [{**base, "chunk": i // m, "text_tokens": ids[i : i + m]} for i in range(0, len(ids), m)]
+    else:
+        outs = [{**base, "text_tokens": ids[:m]}]
+    final = []
+    for r in outs:
+        r["text_tokens"] = np.asarray(r["text_tokens"], np.int32)
+        r["tokens_text"] = len(r["text_tokens"])
+        present = [x for x in MODALITIES if r[f"tokens_{x}"] > 0]
+        if not present:
+            continue
+        r["modality"] = "+".join(present)
+        r["effective_tokens"] = float(sum(r[f"tokens_{x}"] * rates[x] for x in present))
+        final.append(r)
+    return final
+
+
 def tokenize_sample(
     sample: dict,
     *,
@@ -146,69 +304,6 @@ def tokenize_sample(
     rates: dict[str, float],
 ) -> Iterator[dict[str, Any]]:
     """Yield the token rows of one raw sample (see module docstring for the layout)."""
-    _check_finite(sample, source)
-    text_ids = np.zeros(0, np.int32)
-    if sample.get("text"):
-        ids = bpe.encode(sample["text"]).ids + [EOS_ID]
-        text_ids = np.asarray(ids, np.int32)
-
-    # Time-chunked modalities: split into pieces; text rides on the first piece only
-    # (a caption describes the clip) unless the sample is text-only.
-    pieces: list[dict[str, Any]] = []
-    if sample.get("image") is not None:
-        pieces.append({"image_patches": image_patches(sample["image"], patch_cfg)})
-    if sample.get("video") is not None:
-        tub = video_tubelets(sample["video"], patch_cfg)
-        per_frame_group = (patch_cfg.size // patch_cfg.patch) ** 2
-        step = max(per_frame_group, (patch_cfg.max_tubelets // per_frame_group) * per_frame_group)
-        for i in range(0, max(len(tub), 1), step):
-            pieces.append({"video_tubelets": tub[i : i + step]})
-    if sample.get("proprio") is not None or sample.get("action") is not None:
-        n = len(sample.get("proprio") if sample.get("proprio") is not None else sample["action"])
-        for i in range(0, n, patch_cfg.max_steps):
-            piece: dict[str, Any] = {}
-            for key in ("proprio", "action"):
-                if sample.get(key) is not None:
-                    piece[key] = np.asarray(sample[key][i : i + patch_cfg.max_steps], np.float32)
-            if pieces and "video_tubelets" in pieces[-1] and len(pieces) == 1:
-                pieces[0].update(piece)  # short episode: one row holds frames and steps
-            else:
-                pieces.append(piece)
-    if sample.get("audio") is not None:
-        frames = audio_frames(sample["audio"], int(sample.get("audio_rate", patch_cfg.audio_rate)), patch_cfg)
-        chunks = [frames[i : i + patch_cfg.max_audio_frames] for i in range(0, len(frames), patch_cfg.max_audio_frames)]
-        for j, ch in enumerate(chunks or [frames]):
-            if j < len(pieces):
-                pieces[j]["audio_frames"] = ch
-            else:
-                pieces.append({"audio_frames": ch})
-
-    if not pieces:  # text only: chunk into rows of max_tokens
-        m = text_cfg.max_tokens
-        pieces = [{"text_tokens": text_ids[i : i + m]} for i in range(0, len(text_ids), m)]
-    else:
-        pieces[0]["text_tokens"] = text_ids[: text_cfg.max_tokens]
-
-    rhash = raw_hash(sample)
-    for j, piece in enumerate(pieces):
-        row = empty_row()
-        row.update(source=source, doc_id=str(sample["doc_id"]), chunk=j, raw_hash=rhash)
-        if "text_tokens" in piece:
-            row["text_tokens"] = np.asarray(piece["text_tokens"], np.int32)
-            row["tokens_text"] = len(piece["text_tokens"])
-        for key, m in (("image_patches", "image"), ("video_tubelets", "video"), ("audio_frames", "audio")):
-            if key in piece:
-                row[key] = np.ascontiguousarray(piece[key]).tobytes()
-                row[f"tokens_{m}"] = len(piece[key])
-        for key in ("proprio", "action"):
-            if key in piece:
-                arr = piece[key]  # (T, dim) float32
-                row[key] = arr.tobytes()
-                row[f"{key}_dim"] = int(arr.shape[1]) if arr.ndim == 2 else 1
-                row[f"tokens_{key}"] = len(arr)
-        present = [m for m in MODALITIES if row[f"tokens_{m}"] > 0]
-        if not present:
-            continue
-        row["modality"] = "+".join(present)
-        row["effective_tokens"] = float(sum(row[f"tokens_{m}"] * rates[m] for m in present))
-        yield row
+    for row in media_rows(sample, source=source, patch_cfg=patch_cfg):
+        (ids,) = encode_texts(bpe, [row["text"]]) if row["text"] else [np.zeros(0, np.int32)]
+        yield from text_rows(row, ids, text_cfg=text_cfg, rates=rates)

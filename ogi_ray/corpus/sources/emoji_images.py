@@ -24,10 +24,6 @@ params: ``max_items`` (int, default all: an evenly spaced subset of the emoji),
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,14 +31,11 @@ from typing import Any
 import numpy as np
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._cache import cache_dir, cached_npz, key_digest
 
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FONT_SIZE = 109  # the only size at which Pillow can load this CBDT font
 CANVAS = 136  # the glyph bitmap is 136×128; a square canvas keeps the aspect when resizing
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("OGI_CACHE_DIR", "~/.cache/ogi_ray")).expanduser() / "emoji"
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,27 +124,10 @@ def _cached_batch(item: str, batch: list[tuple[str, str]], size: int) -> dict[st
     import emoji
     import PIL
 
-    key = json.dumps(
-        {"glyphs": "".join(g for g, _ in batch), "size": size, "emoji": emoji.__version__,
-         "pillow": PIL.__version__, "font_bytes": FONT.stat().st_size if FONT.is_file() else 0},
-        sort_keys=True,
-    )  # fmt: skip
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = _cache_dir() / f"{item.replace(':', '_')}-{digest}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    out = _render_batch(batch, size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **out)
-        os.replace(tmp, path)  # atomic: readers never see half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    key = {"glyphs": "".join(g for g, _ in batch), "size": size, "emoji": emoji.__version__,
+           "pillow": PIL.__version__, "font_bytes": FONT.stat().st_size if FONT.is_file() else 0}
+    path = cache_dir("emoji") / f"{item.replace(':', '_')}-{key_digest(key)}.npz"
+    return cached_npz(path, lambda: _render_batch(batch, size))
 
 
 def read(item: str, params: dict) -> Iterator[RawSample]:

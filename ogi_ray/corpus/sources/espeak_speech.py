@@ -27,29 +27,24 @@ params: ``max_items`` (number of sentences, default 200), ``batch_size`` (defaul
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._cache import atomic_write, cache_dir, key_digest, load_npz, save_npz
+from ogi_ray.corpus.tokenize import SourceDataError
 
 ESPEAK = "espeak-ng"
 SELECTION_VERSION = 1  # bump when the sentence rules below change: it keys the cached list
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _SPEAKABLE = re.compile(r"[A-Za-z0-9 ,.;:'\"!?\-]+")
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("OGI_CACHE_DIR", "~/.cache/ogi_ray")).expanduser() / "espeak"
 
 
 def _speakable(paragraph: str, limit: int) -> list[str]:
@@ -62,18 +57,6 @@ def _speakable(paragraph: str, limit: int) -> list[str]:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # atomic: readers never see half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @functools.lru_cache(maxsize=4)
 def sentences(text_source: str, per_article: int) -> tuple[str, ...]:
     """The candidate sentences, in a fixed order (documents in file order).
@@ -83,12 +66,12 @@ def sentences(text_source: str, per_article: int) -> tuple[str, ...]:
     """
     from importlib.metadata import version
 
-    key = json.dumps([text_source, per_article, version("gensim"), SELECTION_VERSION])
-    path = _cache_dir() / f"sentences-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    key = [text_source, per_article, version("gensim"), SELECTION_VERSION]
+    path = cache_dir("espeak") / f"sentences-{key_digest(key)}.json"
     if path.is_file():
         return tuple(json.loads(path.read_text(encoding="utf-8")))
     out = _extract(text_source, per_article)
-    _atomic_write(path, lambda f: f.write(json.dumps(out, ensure_ascii=False).encode("utf-8")))
+    atomic_write(path, lambda f: f.write(json.dumps(out, ensure_ascii=False).encode("utf-8")))
     return out
 
 
@@ -127,6 +110,7 @@ def items(params: dict) -> list[str]:
     return [f"{src}:{lo:04d}-{min(lo + bs, n) - 1:04d}" for lo in range(0, n, bs)]
 
 
+@functools.lru_cache(maxsize=1)  # a subprocess: once per process, not once per batch
 def _espeak_version() -> str:
     if shutil.which(ESPEAK) is None:
         raise FileNotFoundError(f"espeak_speech: {ESPEAK} not found: apt-get install espeak-ng")
@@ -164,17 +148,17 @@ def read(item: str, params: dict) -> Iterator[RawSample]:
     batch = _selected(params)[lo : hi + 1]
     voice, speed = str(params.get("voice", "en-us")), int(params.get("speed", 160))
     rate = int(params.get("audio_rate", 16_000))
-    key = json.dumps({"text": batch, "voice": voice, "speed": speed, "rate": rate,
-                      "espeak": _espeak_version()}, sort_keys=True)  # fmt: skip
-    path = _cache_dir() / f"{src}_{lo:04d}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            clips = np.split(z["audio"], z["offsets"][1:-1])
+    key = {"text": batch, "voice": voice, "speed": speed, "rate": rate, "espeak": _espeak_version()}
+    path = cache_dir("espeak") / f"{src}_{lo:04d}-{key_digest(key)}.npz"
+    # Clips of different lengths are stored concatenated, with their offsets.
+    cached = load_npz(path)
+    if cached is not None:
+        clips = np.split(cached["audio"], cached["offsets"][1:-1])
     else:
         clips = [synthesize(s, voice, speed, rate) for s in batch]
         offsets = np.cumsum([0] + [len(c) for c in clips])
-        _atomic_write(path, lambda f: np.savez(f, audio=np.concatenate(clips), offsets=offsets))
+        save_npz(path, {"audio": np.concatenate(clips), "offsets": offsets})
     for i, (text, audio) in enumerate(zip(batch, clips, strict=True)):
         if not np.isfinite(audio).all():
-            raise ValueError(f"espeak_speech: {item}: field 'audio' has NaN/inf ({text[:40]!r})")
+            raise SourceDataError("espeak_speech", item, "audio", f"NaN or inf ({text[:40]!r})")
         yield {"doc_id": f"{src}:{lo + i:04d}", "text": text, "audio": audio, "audio_rate": rate}

@@ -12,6 +12,10 @@ Data (inside the gensim wheel, ``gensim/test/test_data/``):
 Items: ``wiki:<title>`` (one article) and ``lee:<NNN>`` (one news story, by line number).
 Each item yields one sample ``{"doc_id": item, "text": ...}``.
 
+The cleaned articles are cached as JSON under ``$OGI_CACHE_DIR/gensim_web`` (keyed by the
+dump's size, gensim's version and the cleaning rules), so Ray workers neither import
+gensim nor re-parse the dump.
+
 params: ``max_items`` (int, default all: an evenly spaced subset of the sorted items),
 ``include`` (list of "wiki", "lee"; default both).
 """
@@ -20,19 +24,26 @@ from __future__ import annotations
 
 import bz2
 import functools
+import importlib.util
+import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._cache import atomic_write, cache_dir, key_digest
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_FILE = "lee_background.cor"
+CLEAN_VERSION = 1  # bump when clean_wiki changes: it keys the cached plain text
 
 
 def _datapath(name: str) -> str:
-    from gensim.test.utils import datapath
-
-    return datapath(name)
+    # Found without importing gensim (~1 s), so a warm cache never imports it.
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("gensim_web: gensim is not installed (pip install gensim)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,6 +56,23 @@ def _wiki_pages() -> dict[str, str]:
         for title, text, _pageid in extract_pages(f, filter_namespaces=("0",)):
             if text and not text.lstrip().lower().startswith("#redirect"):
                 pages.setdefault(title, text)  # first revision wins if a title repeats
+    return pages
+
+
+@functools.lru_cache(maxsize=1)
+def _clean_pages() -> dict[str, str]:
+    """title -> plain text of every article, cached as JSON: parsing and cleaning the dump
+    (with gensim's import, ~2 s) would otherwise be repeated by every Ray worker process."""
+    from importlib.metadata import version
+
+    dump = Path(_datapath(WIKI_FILE))
+    key = {"file": WIKI_FILE, "bytes": dump.stat().st_size, "gensim": version("gensim"),
+           "clean": CLEAN_VERSION}  # fmt: skip
+    path = cache_dir("gensim_web") / f"wiki-{key_digest(key)}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    pages = {title: clean_wiki(raw) for title, raw in _wiki_pages().items()}
+    atomic_write(path, lambda f: f.write(json.dumps(pages, ensure_ascii=False).encode("utf-8")))
     return pages
 
 
@@ -84,7 +112,7 @@ def items(params: dict) -> list[str]:
     include = set(params.get("include", ("wiki", "lee")))
     out: list[str] = []
     if "wiki" in include:
-        out += [f"wiki:{t}" for t in _wiki_pages()]
+        out += [f"wiki:{t}" for t in _clean_pages()]
     if "lee" in include:
         out += [f"lee:{i:03d}" for i, doc in enumerate(_lee_docs()) if doc]
     return _spread(sorted(out), params.get("max_items"))
@@ -93,10 +121,10 @@ def items(params: dict) -> list[str]:
 def read(item: str, params: dict) -> Iterator[RawSample]:
     corpus, _, key = item.partition(":")
     if corpus == "wiki":
-        pages = _wiki_pages()
+        pages = _clean_pages()
         if key not in pages:
             raise KeyError(f"gensim_web: no article titled {key!r} in {WIKI_FILE}")
-        text = clean_wiki(pages[key])
+        text = pages[key]
     elif corpus == "lee":
         text = _lee_docs()[int(key)]
     else:

@@ -25,10 +25,7 @@ default 2), ``max_steps`` (default 150), ``size`` (frame side in px, default 64)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,16 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._cache import cache_dir, cached_npz, key_digest
+from ogi_ray.corpus.tokenize import SourceDataError
 
 # MuJoCo picks its GL backend when first imported; without this it tries GLFW, which needs
 # a display. setdefault keeps an explicit choice (e.g. osmesa) made by the caller.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 DEFAULT_TASKS = ["button-press-v3", "drawer-open-v3", "pick-place-v3"]
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("OGI_CACHE_DIR", "~/.cache/ogi_ray")).expanduser() / "metaworld"
 
 
 def _settings(params: dict) -> dict:
@@ -120,30 +115,18 @@ def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dic
     }
 
 
-def _cached_rollout(task: str, seed: int, settings: dict) -> dict[str, np.ndarray]:
+def cache_path(task: str, seed: int, settings: dict) -> Path:
+    """The cache file of one rollout, keyed by task, seed, settings and library versions."""
     import metaworld
     import mujoco
 
-    key = json.dumps(
-        {"task": task, "seed": seed, **settings, "metaworld": getattr(metaworld, "__version__", "?"),
-         "mujoco": mujoco.__version__},
-        sort_keys=True,
-    )  # fmt: skip
-    path = _cache_dir() / f"{task}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    ep = rollout(task, seed, **settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **ep)
-        os.replace(tmp, path)  # atomic: readers never see half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return ep
+    key = {"task": task, "seed": seed, **settings, "mujoco": mujoco.__version__,
+           "metaworld": getattr(metaworld, "__version__", "?")}  # fmt: skip
+    return cache_dir("metaworld") / f"{task}-seed{seed}-{key_digest(key)}.npz"
+
+
+def _cached_rollout(task: str, seed: int, settings: dict) -> dict[str, np.ndarray]:
+    return cached_npz(cache_path(task, seed, settings), lambda: rollout(task, seed, **settings))
 
 
 def read(item: str, params: dict) -> Iterator[RawSample]:
@@ -153,7 +136,7 @@ def read(item: str, params: dict) -> Iterator[RawSample]:
     ep = _cached_rollout(task, int(seed_s), _settings(params))
     for field in ("proprio", "action"):
         if not np.isfinite(ep[field]).all():
-            raise ValueError(f"metaworld_demos: {item}: field {field!r} has NaN/inf")
+            raise SourceDataError("metaworld_demos", item, field, "NaN or inf")
     yield {
         "doc_id": item,
         "text": instruction(task),

