@@ -3,9 +3,9 @@ and the LineageRegistry as a real, restarted Ray actor."""
 
 import hashlib
 import json
-import os
 
 import pytest
+from _actors import actor_pid, kill_and_wait_restart
 
 from ogi_ray.lineage.record import (
     RecordError,
@@ -107,14 +107,13 @@ def test_registry_actor_reloads_head_after_restart(tmp_path, ray_local):
     ray = ray_local
     actor = ray.remote(LineageRegistry).options(max_restarts=1, max_task_retries=-1, num_cpus=0)
     reg = actor.remote(f"file://{tmp_path / 'lineage'}")
-    pid = ray.get(reg.__ray_call__.remote(lambda self: os.getpid()))
+    pid = actor_pid(ray, reg)
     h1 = ray.get(reg.append.remote(_fields(2, "")))
     h2 = ray.get(reg.append.remote(_fields(4, h1)))
-    ray.kill(reg, no_restart=False)
+    assert kill_and_wait_restart(ray, reg) != pid
     # The restarted actor is a new process whose __init__ read HEAD back from storage:
     # it accepts a child of h2 and would have refused it with an empty head.
     assert ray.get(reg.get_head.remote()) == h2
-    assert ray.get(reg.__ray_call__.remote(lambda self: os.getpid())) != pid
     h3 = ray.get(reg.append.remote(_fields(6, h2)))
     assert read_head(tmp_path / "lineage") == h3
     assert read_record(tmp_path / "lineage", h3)["parent"] == h2

@@ -3,6 +3,8 @@ of its last report, read from its state file: nothing already reported is lost."
 
 import math
 
+from _actors import kill_and_wait_restart
+
 from ogi_ray.train.tuner import LossWeightTuner, TunerConfig
 
 
@@ -20,9 +22,9 @@ def test_killed_tuner_restarts_with_last_reported_state(ray_local, tmp_path):
     before = ray.get(actor.state_dict.remote())
     assert before["state"]["last_step"] == 11
     assert not math.isclose(before["state"]["lambdas"]["vision"], 1.0)  # it did move λ
-    ray.kill(actor, no_restart=False)
-    after = ray.get(actor.state_dict.remote())  # retried on the restarted actor
+    kill_and_wait_restart(ray, actor)
+    after = ray.get(actor.state_dict.remote())  # the new process, from the state file
     assert after["state"] == before["state"]
-    actor.report.remote(12, {"lm": 1.0, "vision": 10.0, "embod": 0.1})
+    ray.get(actor.report.remote(12, {"lm": 1.0, "vision": 10.0, "embod": 0.1}))
     assert ray.get(actor.state_dict.remote())["state"]["last_step"] == 12
     ray.kill(actor, no_restart=True)
