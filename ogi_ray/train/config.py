@@ -79,8 +79,9 @@ class WorkersConfig:
 
 @dataclass(kw_only=True)
 class ParallelConfig:
-    """(dp, tp, pp) for the workers. All 0: ask the planner (with ``topology``, a bundled
-    name or a YAML file), or plain data parallelism when no topology is given."""
+    """(dp, tp, pp) for the workers. All 0: ask the planner (``topology``: a bundled name,
+    a YAML file, or ``discover`` to probe the chosen tier's nodes), or plain data
+    parallelism when no topology is given."""
 
     dp: int = 0
     tp: int = 0

@@ -57,8 +57,11 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
     return replace(job, model=model, tuner=tuner)
 
 
-def parallel_plan(job: JobConfig, world: int) -> dict[str, int]:
-    """The (dp, tp, pp, microbatches) the workers apply for ``world`` ranks."""
+def parallel_plan(job: JobConfig, world: int, tier: str | None = None) -> dict[str, int]:
+    """The (dp, tp, pp, microbatches) the workers apply for ``world`` ranks.
+
+    ``parallel.topology: discover`` runs topology discovery on the chosen tier's nodes
+    (Ray tasks; needs a running cluster) and plans on what it finds."""
     par = job.parallel
     if par.dp:
         dims = {"dp": par.dp, "tp": par.tp, "pp": par.pp}
@@ -68,8 +71,13 @@ def parallel_plan(job: JobConfig, world: int) -> dict[str, int]:
         from ogi_ray.parallel.planner import plan_for_world
         from ogi_ray.parallel.topology import load_topology
 
-        best = plan_for_world(job.model, world, load_topology(par.topology),
-                              global_batch=job.data.batch_size * world)  # fmt: skip
+        if par.topology == "discover":
+            from ogi_ray.parallel.discover import discover, to_topology
+
+            topo = to_topology(discover(tier, probe=True), name=f"discovered-{tier or 'all'}")
+        else:
+            topo = load_topology(par.topology)
+        best = plan_for_world(job.model, world, topo, global_batch=job.data.batch_size * world)
         dims = {"dp": best.dp, "tp": best.tp, "pp": best.pp}
         par = replace(par, microbatches=par.microbatches or best.microbatches)
     else:
@@ -134,7 +142,7 @@ def train(job: JobConfig) -> dict[str, Any]:
             scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
         scaling.update(extra)
         n = max(int(scaling["num_workers"]), 1)
-        plan = parallel_plan(job, n)
+        plan = parallel_plan(job, n, tier)
         if global_rows % plan["dp"]:
             raise ConfigError(None, "workers.num_workers", f"dp {plan['dp']} cannot split the global batch of {global_rows} rows")
         trainer = TorchTrainer(
