@@ -31,7 +31,6 @@ of a step are the schedule's micro-batches, and the GNS small-batch norm is not 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,13 +273,9 @@ def pipeline_train_step(
     opt.step()
     sched.step()
     update_world_target(pipe, world_target, cfg.ema_decay)
-    metrics: dict[str, Any] = {"lr": lr, "grad_norm": grad_norm, "gns_big_sq": big_sq, "gns_small_sq": None}
-    for n, value in losses.items():
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss/{n} is {value}")
-        metrics[f"loss/{n}"] = value
-        metrics[f"gradnorm_raw/{n}"] = norms.get(n, 0.0)
-    return metrics
+    from ogi_ray.train.loop import step_metrics
+
+    return step_metrics(lr, grad_norm, big_sq, None, losses, norms)
 
 
 @torch.no_grad()

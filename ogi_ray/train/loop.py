@@ -100,9 +100,16 @@ def train_step(
     opt.step()
     sched.step()
     update_world_target(world_target, model, cfg.ema_decay)
+    return step_metrics(lr, grad_norm, big_sq, small_sq, {n: sums[n] / counts[n] for n in sums}, norms)
+
+
+def step_metrics(
+    lr: float, grad_norm: float, big_sq: float, small_sq: float | None,
+    losses: dict[str, float], norms: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """The metrics dict every step function returns (plain and pipelined alike)."""
     metrics: dict[str, Any] = {"lr": lr, "grad_norm": grad_norm, "gns_big_sq": big_sq, "gns_small_sq": small_sq}
-    for n in sums:
-        value = sums[n] / counts[n]
+    for n, value in losses.items():
         if not math.isfinite(value):
             raise FloatingPointError(f"loss/{n} is {value}")
         metrics[f"loss/{n}"] = value
