@@ -16,7 +16,9 @@ import torch
 @dataclass(kw_only=True)
 class DeviceConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast (fp32 master weights and optimizer state) on GPUs and on CPUs
+    # with bf16 matrix units (AMX, AVX512-BF16), fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass(frozen=True)

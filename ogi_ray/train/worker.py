@@ -188,6 +188,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     for step in range(start_step, job.loop.steps):
         gen = seeded_generator(job.loop.seed, step, dp_rank)
+        t_wait = time.perf_counter()  # data wait: stream + decode + collate
         micro = []
         for j in range(accum):
             table = next(stream)
@@ -197,6 +198,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             if mine["position"][0] != first:
                 raise RuntimeError(f"data stream out of order: row {mine['position'][0]}, expected {first}")
             micro.append(collate(mine, mcfg, gen))
+        t_wait = time.perf_counter() - t_wait
+        accum_used = accum
         segment.append({"step": step, "cursor": cursor, "lambdas": dict(lambdas), "accum": accum})
         metrics = step_fn(stepper, opt, sched, micro, cfg=mcfg, placement=placement,
                                   grad_clip=job.optim.grad_clip, lambdas=lambdas,
@@ -222,7 +225,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             # One micro-batch more or less per step; at least 2 keeps the estimate alive.
             accum = max(min(2, data.max_accum_steps), min(data.max_accum_steps, accum + (ideal > accum) - (ideal < accum)))
         row["target_batch_tokens"] = data.target_batch_tokens or None
-        row["mfu"] = batch_tokens / dt * flops_per_token / (peak * world)
+        # Every layout slot is computed, so model FLOPs count rows × slots, not text tokens.
+        slots = accum_used * g_rows * mcfg.layout.seq_len
+        row["mfu"] = slots / dt * flops_per_token / (peak * world)
+        row["data_wait_fraction"] = t_wait / dt
         for n in objectives:
             row[f"lambda/{n}"] = lambdas.get(n, 1.0)
         if rank == 0 and tuner is not None:

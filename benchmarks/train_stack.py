@@ -1,0 +1,82 @@
+"""Full `ogi train` stack against a bare PyTorch loop on the same model and batches.
+
+    python benchmarks/train_stack.py --corpus DIR [--preset small] [--steps 30]
+        [--batch 8] [--seq 128] [--precision auto] [--workers 1]
+
+Runs, in one invocation: (1) benchmarks/bare_loop.py in a subprocess (one process, no
+Ray), (2) the same job through ogi_ray.train.driver.train on a local Ray cluster
+(Ray Train, Ray Data streaming, the tuner actor, lineage registry and checkpoints at
+the end). Prints the median text tokens/s of each and their ratio, the stack's median
+data-wait fraction of step time and its median MFU. With --workers 1 both see exactly
+the same rows and per-step randomness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+
+    here = Path(__file__).resolve().parent
+    bare = subprocess.run(
+        [sys.executable, str(here / "bare_loop.py"), "--corpus", args.corpus, "--preset", args.preset,
+         "--steps", str(args.steps), "--batch", str(args.batch * args.workers), "--seq", str(args.seq),
+         "--device", "cpu", "--precision", args.precision],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    bare_res = json.loads(bare)
+
+    import ray
+
+    from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.train.config import job_from_dict
+    from ogi_ray.train.driver import train
+
+    vocab = int(load_manifest(args.corpus)["tokenizers"]["text"]["vocab_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        job = job_from_dict({
+            "model": {"preset": args.preset, "vocab_size": vocab},
+            "data": {"corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq, "accum_steps": 1},
+            "loop": {"steps": args.steps, "checkpoint_every": args.steps, "log_every": args.steps},
+            "workers": {"num_workers": args.workers, "cpus_per_worker": 0.5},
+            "device": {"device": "cpu", "precision": args.precision},
+            "run": {"name": "bench", "storage_path": tmp},
+        })  # fmt: skip
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        summary = train(job)
+        rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        ray.shutdown()
+    rows = rows[2:]  # warm-up steps excluded, as in the bare loop
+    stack_tps = median([r["tokens_per_s"] for r in rows])
+    print(json.dumps({
+        "preset": args.preset, "steps": args.steps, "workers": args.workers,
+        "bare_text_tokens_per_s": bare_res["text_tokens_per_s"], "stack_text_tokens_per_s": stack_tps,
+        "stack_over_bare": stack_tps / bare_res["text_tokens_per_s"],
+        "stack_data_wait_fraction": median([r["data_wait_fraction"] for r in rows]),
+        "stack_mfu": median([r["mfu"] for r in rows]), "bare_mfu": bare_res["mfu"],
+        "peak_flops_bare": bare_res["peak_flops"],
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
