@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tuner", choices=["on", "off"], default="on",
                     help="the loss-weight tuner, in process (same math as the actor)")
     ap.add_argument("--warmup", type=int, default=20, help="tuner warm-up updates")
+    ap.add_argument("--max-step", type=float, default=1.1, help="tuner: max λ change factor per update")
     args = ap.parse_args()
 
     manifest = load_manifest(args.corpus)
@@ -65,7 +66,7 @@ def main() -> None:
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
 
     tuner = LossWeightTuner(TunerConfig(objectives=job.model.objectives, warmup=args.warmup,
-                                        enabled=args.tuner == "on"))  # fmt: skip
+                                        max_step=args.max_step, enabled=args.tuner == "on"))  # fmt: skip
     lambdas = tuner.weights()
     t_data = 0.0
     history: list[dict[str, float]] = []
@@ -116,7 +117,7 @@ def main() -> None:
         "text_tokens_per_s": tokens / dt, "slot_tokens_per_s": slot_tokens / dt,
         "mfu": slot_tokens / dt * model.flops_per_token() / peak, "peak_flops": peak,
         "data_wait_fraction": t_data / dt,
-        "tuner": args.tuner,
+        "tuner": args.tuner, "max_step": args.max_step,
         "loss_first_10pct": {key: mean(history[:k], key) for key in keys},
         "loss_last_10pct": {key: mean(history[-k:], key) for key in keys},
         "balance_le_2_fraction": sum(r <= 2 for r in ratios) / len(ratios) if ratios else None,
