@@ -78,7 +78,10 @@ def compute_losses(
         valid = chunk_present[:, :-1] & chunk_present[:, 1:]
         if bool(valid.any()):
             with torch.no_grad():
-                tgt = world_target(b["vid"]).unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
+                # No bias: a constant offset says nothing about the next chunk, and after
+                # pooling and normalising it would dominate the target (a trivial loss).
+                tgt = F.linear(b["vid"], world_target.weight)
+                tgt = tgt.unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
                 # Layer-normed targets (as V-JEPA does): the EMA encoder's scale drifts as it
                 # trains, and an unnormalised target makes the loss track that drift.
                 tgt = F.layer_norm(tgt.float(), tgt.shape[-1:])
