@@ -14,54 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from _ray_head import LocalHead
 
 from ogi_ray.train import placement as pl
 
 pytestmark = pytest.mark.slow
 
 KEY = pl.LABEL_KEY
-BIN = Path(sys.executable).parent
 HEAD_ID = "f" * 51 + "00000"  # the fake provider's id scheme: 56 hex digits, head ends 00000
 PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _kill_tree_by_marker(marker: str) -> None:
-    """SIGKILL every process whose command line names ``marker`` (our private temp dir)."""
-    me = os.getpid()
-    for pid_s in os.listdir("/proc"):
-        if not pid_s.isdigit() or int(pid_s) == me:
-            continue
-        try:
-            cmd = Path(f"/proc/{pid_s}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmd:
-            try:
-                os.kill(int(pid_s), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _worker_type(tier: str) -> dict:
@@ -69,13 +34,11 @@ def _worker_type(tier: str) -> dict:
             "labels": {KEY: tier}, "node_config": {}, "min_workers": 0, "max_workers": 2}  # fmt: skip
 
 
-class _Head:
-    """`ray start --head --block` with the fake provider, in its own process group and
-    private temp dir; ``stop()`` ends it and every process naming that dir."""
+class _Head(LocalHead):
+    """The head with the fake multi-node provider (no dashboard, 0 CPUs, tier cpu)."""
 
     def __init__(self, ip: str) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="ogias", dir="/tmp"))  # short: socket paths
-        self.port, client, agent, grpc, metrics, rt_env = _free_ports(6)
+        super().__init__("ogias")
         config = {
             "cluster_name": "ogi-fake", "max_workers": 4, "upscaling_speed": 1.0,
             "idle_timeout_minutes": 5,
@@ -101,41 +64,8 @@ class _Head:
         env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1",
                "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_CLOUD_INSTANCE_ID": HEAD_ID,
                "RAY_OVERRIDE_NODE_ID_FOR_TESTING": HEAD_ID}  # fmt: skip
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={self.port}",
-               "--num-cpus=0", f"--labels={KEY}=cpu", f"--autoscaling-config={self.config}",
-               f"--temp-dir={self.tmp}", "--include-dashboard=false",
-               f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-               f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
-               f"--runtime-env-agent-port={rt_env}", "--disable-usage-stats"]  # fmt: skip
-        self.log_path = self.tmp / "head.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
-
-    def started(self, timeout_s: float) -> bool:
-        """True once `ray start` reports the runtime up; False if it died or timed out
-        (ray.init against a GCS that is not up yet blocks for a minute per try)."""
-        deadline = time.monotonic() + timeout_s
-        while "Ray runtime started" not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.5)
-        return True
-
-    def stop(self) -> None:
-        try:  # a head drains for up to 30 s on SIGTERM; a test cluster need not
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        # Fake nodes belong to the autoscaler process and outlive it; all name our temp dir.
-        _kill_tree_by_marker(str(self.tmp))
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.launch(["--num-cpus=0", f"--labels={KEY}=cpu", f"--autoscaling-config={self.config}",
+                     "--include-dashboard=false"], env)  # fmt: skip
 
 
 @pytest.fixture

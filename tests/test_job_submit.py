@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,38 +19,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _ray_head import BIN, LocalHead
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _kill_by_marker(marker: str) -> None:
-    """SIGKILL every process whose command line names ``marker`` (our private temp dir)."""
-    for pid_s in os.listdir("/proc"):
-        if not pid_s.isdigit() or int(pid_s) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid_s}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmd:
-            try:
-                os.kill(int(pid_s), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _dashboard_up(url: str) -> bool:
@@ -68,50 +36,17 @@ def _dashboard_up(url: str) -> bool:
         return False
 
 
-class _Head:
-    """`ray start --head --block` in its own process group and private temp dir;
-    ``stop()`` ends it and every process naming that dir (job supervisor, workers)."""
+class _Head(LocalHead):
+    """The job head: dashboard (the job API) on, labelled tier cpu, 4 CPUs."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="ogijs", dir="/tmp"))  # short: socket paths
-        port, dash, client, agent, grpc, metrics, rt_env = _free_ports(7)
-        self.url = f"http://127.0.0.1:{dash}"
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", "--labels=ogi.io/tier=cpu",
-               "--num-cpus=4", f"--port={port}", f"--dashboard-port={dash}",
-               f"--temp-dir={self.tmp}", "--include-dashboard=true",
-               f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-               f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
-               f"--runtime-env-agent-port={rt_env}", "--disable-usage-stats"]  # fmt: skip
-        self.log_path = self.tmp / "head.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        super().__init__("ogijs")
+        self.url = f"http://127.0.0.1:{self.dash}"
+        self.launch(["--labels=ogi.io/tier=cpu", "--num-cpus=4", f"--dashboard-port={self.dash}",
+                     "--include-dashboard=true"], env)  # fmt: skip
 
-    def started(self, timeout_s: float) -> bool:
-        """True once `ray start` reports the runtime up and the dashboard (the job API)
-        answers; False if the head died or timed out."""
-        deadline = time.monotonic() + timeout_s
-        while "Ray runtime started" not in self.log_path.read_text(errors="replace") or (
-            not _dashboard_up(self.url)
-        ):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.5)
-        return True
-
-    def stop(self) -> None:
-        try:  # a head drains for up to 30 s on SIGTERM; a test cluster need not
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        _kill_by_marker(str(self.tmp))
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def ready(self) -> bool:
+        return _dashboard_up(self.url)
 
 
 @pytest.fixture
