@@ -72,13 +72,7 @@ class FitResult:
     def as_dict(self) -> dict[str, object]:
         law = self.law
         out: dict[str, object] = {
-            "E": law.E,
-            "A": law.A,
-            "B": law.B,
-            "alpha": law.alpha,
-            "beta": law.beta,
-            "exponent_n": law.exponent_n,
-            "exponent_d": law.exponent_d,
+            **_derived(law),
             "G": law.G,
             "objective": self.objective,
             "huber_delta": HUBER_DELTA,
