@@ -127,8 +127,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     for key, value in placement.start_timeout_env(job.placement).items():
         os.environ.setdefault(key, value)  # Ray Train passes it to its controller
-    # Global rows per micro-batch: batch_size per data-parallel rank × the planned dp.
-    global_rows = job.data.batch_size * parallel_plan(job, max(job.workers.num_workers, 1))["dp"]
+    global_rows = 0  # rows per global micro-batch, fixed by the first launch's plan
 
     # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
     # own elastic mode loops forever (RAY-NOTES), so elasticity is done here: when a fit
@@ -142,7 +141,9 @@ def train(job: JobConfig) -> dict[str, Any]:
             scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
         scaling.update(extra)
         n = max(int(scaling["num_workers"]), 1)
-        plan = parallel_plan(job, n, tier)
+        plan = parallel_plan(job, n, tier)  # may run topology discovery: once per launch
+        # batch_size per data-parallel rank × the first plan's dp; relaunches keep it.
+        global_rows = global_rows or job.data.batch_size * plan["dp"]
         if global_rows % plan["dp"]:
             raise ConfigError(None, "workers.num_workers", f"dp {plan['dp']} cannot split the global batch of {global_rows} rows")
         trainer = TorchTrainer(
