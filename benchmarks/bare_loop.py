@@ -48,6 +48,7 @@ def main() -> None:
                     help="the loss-weight tuner, in process (same math as the actor)")
     ap.add_argument("--warmup", type=int, default=20, help="tuner warm-up updates")
     ap.add_argument("--max-step", type=float, default=1.1, help="tuner: max λ change factor per update")
+    ap.add_argument("--norms-out", default="", help="write each step's raw per-objective grad norms (JSON lines)")
     args = ap.parse_args()
 
     manifest = load_manifest(args.corpus)
@@ -73,6 +74,7 @@ def main() -> None:
     lrs: list[float] = []
     ratios: list[float] = []
     tokens = 0
+    norms_out = open(args.norms_out, "w") if args.norms_out else None  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
     for step in range(args.steps):
         td = time.perf_counter()
@@ -85,7 +87,10 @@ def main() -> None:
         tokens += int(batch["n_tokens"])
         history.append({k: v for k, v in m.items() if k.startswith("loss/")})
         lrs.append(m["lr"])
-        tuner.report(step, {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("gradnorm_raw/")})
+        raw = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("gradnorm_raw/")}
+        tuner.report(step, raw)
+        if norms_out is not None:
+            norms_out.write(json.dumps({"step": step, **raw}) + "\n")
         lambdas = tuner.weights()
         if step >= args.warmup:
             ratios.append(imbalance(tuner.state))
@@ -96,6 +101,8 @@ def main() -> None:
     if placement.device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    if norms_out is not None:
+        norms_out.close()
     # Slot-tokens: every layout slot is computed, so FLOPs count the whole sequence.
     slot_tokens = (args.steps - 2) * args.batch * job.model.layout.seq_len
     peak = peak_flops(placement)

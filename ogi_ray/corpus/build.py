@@ -46,7 +46,7 @@ from ogi_ray.corpus.manifest import SCHEMA_VERSION, seal
 from ogi_ray.corpus.mixing import MixingError, mixed_order, plan_mixture
 from ogi_ray.corpus.passes import copies_batch, driver_view, encode_batch, read_item
 from ogi_ray.corpus.sources import BUILDERS
-from ogi_ray.corpus.tokenize import SourceDataError, train_bpe
+from ogi_ray.corpus.tokenize import SourceDataError, load_bpe, train_bpe
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "datasets" / "policy.yaml"
@@ -112,6 +112,25 @@ def _bpe_texts(view: Any, cfg: MixtureConfig, included: list) -> list[str]:
             out.append(text[: budget[source]])
             budget[source] -= len(out[-1])
     return out
+
+
+def _reused_tokenizer(mixture_path: str | Path, cfg: MixtureConfig) -> str:
+    """The tokenizer JSON named by ``text_tokenizer.reuse`` (a corpus folder or a file)."""
+    field = "text_tokenizer.reuse"
+    path = Path(mixture_path).parent / cfg.text_tokenizer.reuse
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(mixture_path, field, f"{path} does not exist")
+    tok_json = path.read_text(encoding="utf-8")
+    try:
+        size = load_bpe(tok_json).get_vocab_size()
+    except Exception as e:  # tokenizers raises its own exception types
+        raise ConfigError(mixture_path, field, f"{path} is not a tokenizer ({e})") from e
+    if size > cfg.text_tokenizer.vocab_size:
+        raise ConfigError(mixture_path, "text_tokenizer.vocab_size",
+                          f"{cfg.text_tokenizer.vocab_size} < the reused tokenizer's {size} ids ({path})")  # fmt: skip
+    return tok_json
 
 
 def _range_sorted(ds: Any, copies: dict, n_rows: int, shard_rows: int, est_bytes: float) -> Any:
@@ -201,11 +220,15 @@ def build_corpus(
     stage1 = stage1.materialize()
     view = stage1.map_batches(driver_view, batch_format="pyarrow").to_pandas()
     _raise_errors(view, mixture_path)
-    train_texts = _bpe_texts(view, cfg, included)
-    if not train_texts:
-        raise ConfigError(mixture_path, "sources", "no source has text to train the tokenizer on")
-    tok_json = train_bpe(train_texts, cfg.text_tokenizer)
-    del view, train_texts
+    if cfg.text_tokenizer.reuse:
+        tok_json = _reused_tokenizer(mixture_path, cfg)
+    else:
+        train_texts = _bpe_texts(view, cfg, included)
+        if not train_texts:
+            raise ConfigError(mixture_path, "sources", "no source has text to train the tokenizer on")
+        tok_json = train_bpe(train_texts, cfg.text_tokenizer)
+        del train_texts
+    del view
     t1 = time.perf_counter()
     log.info("corpus pass 1 (read, media tokens, BPE): %.1f s", t1 - t0)
 

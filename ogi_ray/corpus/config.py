@@ -44,6 +44,10 @@ class TextTokenizerConfig:
     vocab_size: int = 4096
     train_chars: int = 2_000_000  # characters sampled per source to train the BPE
     max_tokens: int = 256  # longer documents are split into rows of this many tokens
+    # Reuse another corpus' tokenizer instead of training one: a built corpus folder (its
+    # tokenizer.json) or a tokenizer.json file, relative to the mixture file. Phases of
+    # one run need one vocabulary, so each phase's corpus reuses the first one's.
+    reuse: str = ""
 
     def validate(self) -> None:
         if self.vocab_size < 300:

@@ -212,12 +212,14 @@ def _walk_chain(ldir: Store, head: str, problems: list[str]) -> list[tuple[str, 
 def _check_corpus(chain: list[tuple[str, dict]], configs: dict[str, dict],
                   manifests: dict[str, dict], corpus: str | Path | None, notes: list[str]) -> list[str]:  # fmt: skip
     from ogi_ray.corpus.manifest import MANIFEST, CorpusError, verify_corpus
+    from ogi_ray.train.phases import corpus_of
 
     problems: list[str] = []
     wanted: dict[str, set[str]] = {}  # corpus folder -> manifest hashes records name
     for _, rec in chain:
         cfg = configs.get(rec["config_hash"], {})
-        folder = str(corpus) if corpus else str((cfg.get("data") or {}).get("corpus") or "")
+        phase = int((rec.get("data_cursor") or {}).get("phase", 0))
+        folder = str(corpus) if corpus else corpus_of(cfg, phase)
         if folder:
             wanted.setdefault(folder, set()).add(rec["manifest_hash"])
     for folder, hashes in sorted(wanted.items()):

@@ -96,6 +96,14 @@ class ScalingLaw:
         d = c6 / n  # identical to G^-1 (C/6)^b, and keeps 6ND == C exactly
         return Allocation(n_params=n, tokens=d, compute=compute, loss=float(self.loss(n, d)))
 
+    def optimal_tokens(self, n_params: float) -> float:
+        """D at which a model of ``n_params`` is compute-optimal: the budget C with
+        N_opt(C) = n_params, then D_opt(C) = C / 6N (≈ 20 tokens per parameter)."""
+        if not (n_params > 0 and math.isfinite(n_params)):
+            raise ValueError(f"n_params must be positive and finite, got {n_params!r}")
+        c6 = (n_params / self.G) ** (1.0 / self.exponent_n)
+        return c6 / n_params
+
     def loss_at_compute(self, n_params: float, compute: float) -> float:
         """Loss of a model of ``n_params`` trained on all of ``compute`` (D = C / 6N)."""
         return float(self.loss(n_params, compute / (TRAIN_FLOPS_PER_PARAM_TOKEN * n_params)))

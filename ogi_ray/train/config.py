@@ -3,6 +3,7 @@
     model: ModelConfig   data: DataConfig   optim: OptimConfig   loop: LoopConfig
     workers: WorkersConfig   device: DeviceConfig   tuner: TunerConfig
     placement: PlacementConfig   parallel: ParallelConfig   run: RunConfig
+    phases: [PhaseConfig] (train/phases.py)
 
 ``load_job`` reads YAML (+ ``key=value`` overrides) and validates everything once; the
 driver hands each component only its own section.
@@ -18,6 +19,7 @@ from ogi_ray.config import ConfigError, apply_overrides, from_dict, load_yaml
 from ogi_ray.model.config import PRESETS, ModelConfig
 from ogi_ray.parallel.device import DeviceConfig
 from ogi_ray.train.optim import OptimConfig
+from ogi_ray.train.phases import PhaseConfig
 from ogi_ray.train.placement import PlacementConfig
 from ogi_ray.train.tuner import TunerConfig
 
@@ -119,6 +121,14 @@ class JobConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # A run as a sequence of phases (corpus, budget, starting λ); empty = one phase over
+    # data.corpus of loop.steps steps. With phases, loop.steps is their total.
+    phases: list[PhaseConfig] = field(default_factory=list)
+
+    def validate(self) -> None:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: names must be unique, got {names}")
 
 
 def job_from_dict(data: dict[str, Any], file: str | Path | None = None) -> JobConfig:

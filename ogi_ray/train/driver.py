@@ -1,6 +1,7 @@
 """Ray Train driver: verify the corpus, set up lineage, launch the TorchTrainer.
 
-    JobConfig ─► verify_corpus (manifest + shard hashes) ─► model dims from the manifest
+    JobConfig ─► verify each phase's corpus (manifest + shard hashes) ─► model dims from
+      the corpora ─► launch shape (tier, workers, dp/tp/pp) ─► phases as fixed step ranges
       ─► run_dir/lineage/{manifests,configs}/<hash>.json (what records point to)
       ─► LineageRegistry actor (ray.remote here, named, restartable)
       ─► TorchTrainer(train_func, datasets={"train": read_parquet(shards)})
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical
 from ogi_ray.config import ConfigError, to_dict
-from ogi_ray.corpus.manifest import shard_paths, verify_corpus
+from ogi_ray.corpus.manifest import shard_paths
 from ogi_ray.lineage.record import atomic_write
 from ogi_ray.lineage.registry import LineageRegistry
 from ogi_ray.parallel.device import use_gpu
+from ogi_ray.train import phases as phases_mod
 from ogi_ray.train import placement
 from ogi_ray.train.config import JobConfig
 from ogi_ray.train.data import COLUMNS
@@ -85,22 +87,74 @@ def parallel_plan(job: JobConfig, world: int, tier: str | None = None) -> dict[s
     return {**dims, "microbatches": par.microbatches or dims["pp"]}
 
 
+def _launch_shape(job: JobConfig, res: dict[str, float], attempt: int) -> tuple[str | None, dict[str, Any], dict[str, int]]:
+    """(tier, ScalingConfig kwargs, parallel plan) for one launch. A relaunch shrinks (or
+    grows back) to what the tier holds now."""
+    tier, extra = placement.resolve_for_job(job.placement, job.workers.num_workers, res)
+    scaling = {"num_workers": job.workers.num_workers, "use_gpu": "GPU" in res, "resources_per_worker": res}
+    if attempt:
+        cap = placement.tier_capacity(tier, res) if tier else job.workers.num_workers
+        scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
+    scaling.update(extra)
+    plan = parallel_plan(job, max(int(scaling["num_workers"]), 1), tier)  # may probe: once per launch
+    return tier, scaling, plan
+
+
+def _phase_lambdas(job: JobConfig) -> JobConfig:
+    """Phase λ restricted to the model's objectives (as fit_model_to_corpus does for
+    tuner.initial); a name that is no objective at all is a config error."""
+    from ogi_ray.train.tuner import OBJECTIVES
+
+    phases = []
+    for i, p in enumerate(job.phases):
+        if p.lambdas is None:
+            phases.append(p)
+            continue
+        bad = sorted(set(p.lambdas) - set(OBJECTIVES))
+        if bad:
+            raise ConfigError(None, f"phases[{i}].lambdas", f"unknown objectives {bad} (known: {list(OBJECTIVES)})")
+        phases.append(replace(p, lambdas={k: v for k, v in p.lambdas.items() if k in job.model.objectives} or None))
+    return replace(job, phases=phases)
+
+
 def train(job: JobConfig) -> dict[str, Any]:
     """Run a training job on the connected Ray cluster; returns the run summary."""
     import ray
+    import torch
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not job.data.corpus:
-        raise ConfigError(None, "data.corpus", "no corpus folder given")
-    manifest = verify_corpus(job.data.corpus)
-    job = fit_model_to_corpus(job, manifest)
+    from ogi_ray.model import build
+
+    corpora = phases_mod.phase_corpora(job.phases, job.data.corpus)  # verified once
+    where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
+    job = fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where))
+    job = _phase_lambdas(job)
+    gpu = use_gpu(job.device)
+    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    for key, value in placement.start_timeout_env(job.placement).items():
+        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
+    tier, scaling, plan = _launch_shape(job, res, 0)
+    # batch_size per data-parallel rank × the first plan's dp; relaunches keep it.
+    global_rows = job.data.batch_size * plan["dp"]
+    with torch.device("meta"):  # parameter count for compute-optimal budgets, no memory
+        n_params = build(job.model).num_params()
+    phases = phases_mod.resolve_phases(
+        job.phases, corpora, default_lambdas=job.tuner.initial, total_steps=job.loop.steps,
+        rows_per_step=global_rows * job.data.accum_steps, n_params=n_params, seq_len=job.data.seq_len,
+    )  # fmt: skip
+    job = phases_mod.with_total_steps(job, phases)
+
     run_dir = job.run.run_dir
     lineage_dir = run_dir / "lineage"
     job_dict = to_dict(job)
-    job_dict["data"]["corpus"] = str(Path(job.data.corpus).resolve())
+    if job.data.corpus:
+        job_dict["data"]["corpus"] = str(Path(job.data.corpus).resolve())
+    for p, ph in zip(job_dict["phases"], phases, strict=False):
+        p["corpus"] = ph.corpus  # resolved: records and replay find the phase's shards
     config_hash = hash_canonical(job_dict)
-    atomic_write(lineage_dir / "manifests" / f"{manifest['manifest_hash']}.json", canonical_json(manifest))
+    for _, m in corpora:
+        atomic_write(lineage_dir / "manifests" / f"{m['manifest_hash']}.json", canonical_json(m))
     atomic_write(lineage_dir / "configs" / f"{config_hash}.json", canonical_json(job_dict))
 
     actor_opts = placement.actor_options(job.placement)  # e.g. the head / CPU tier
@@ -122,28 +176,17 @@ def train(job: JobConfig) -> dict[str, Any]:
 
     # Keep the corpus order through Ray Data: the data cursor counts rows in that order.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray.data.read_parquet(shard_paths(job.data.corpus)).select_columns(COLUMNS)
-    gpu = use_gpu(job.device)
-    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if gpu else {})}
-    for key, value in placement.start_timeout_env(job.placement).items():
-        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
-    global_rows = 0  # rows per global micro-batch, fixed by the first launch's plan
+    datasets = {phases_mod.dataset_key(ph.index): ray.data.read_parquet(shard_paths(ph.corpus)).select_columns(COLUMNS)
+                for ph in phases}  # fmt: skip
+    phase_specs = [{**asdict(ph), "heldout": shard_paths(ph.corpus, split="heldout")} for ph in phases]
 
     # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
     # own elastic mode loops forever (RAY-NOTES), so elasticity is done here: when a fit
     # fails, re-read the tier's live capacity, re-plan the worker count and relaunch from
     # the latest checkpoint, keeping the global batch (and so the data cursor) unchanged.
     for attempt in range(job.workers.max_relaunches + 1):
-        tier, extra = placement.resolve_for_job(job.placement, job.workers.num_workers, res)
-        scaling = {"num_workers": job.workers.num_workers, "use_gpu": gpu, "resources_per_worker": res}
-        if attempt:  # shrink (or grow back) to what the tier holds now
-            cap = placement.tier_capacity(tier, res) if tier else job.workers.num_workers
-            scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
-        scaling.update(extra)
-        n = max(int(scaling["num_workers"]), 1)
-        plan = parallel_plan(job, n, tier)  # may run topology discovery: once per launch
-        # batch_size per data-parallel rank × the first plan's dp; relaunches keep it.
-        global_rows = global_rows or job.data.batch_size * plan["dp"]
+        if attempt:
+            tier, scaling, plan = _launch_shape(job, res, attempt)
         if global_rows % plan["dp"]:
             raise ConfigError(None, "workers.num_workers", f"dp {plan['dp']} cannot split the global batch of {global_rows} rows")
         trainer = TorchTrainer(
@@ -151,10 +194,7 @@ def train(job: JobConfig) -> dict[str, Any]:
             train_loop_config={
                 "job": job_dict, "run_dir": str(run_dir), "run_name": job.run.name,
                 "registry": name, "tuner": tuner_name, "batch_size": global_rows // plan["dp"],
-                "parallel": plan,
-                "manifest_hash": manifest["manifest_hash"], "config_hash": config_hash,
-                "heldout": shard_paths(job.data.corpus, split="heldout"),
-                "total_rows": manifest["total_rows"],
+                "parallel": plan, "phases": phase_specs, "config_hash": config_hash,
             },  # fmt: skip
             scaling_config=ScalingConfig(**scaling),
             run_config=RunConfig(
@@ -162,7 +202,7 @@ def train(job: JobConfig) -> dict[str, Any]:
                 failure_config=FailureConfig(max_failures=job.workers.max_failures,
                                              controller_failure_limit=job.workers.controller_failure_limit),
             ),  # fmt: skip
-            datasets={"train": ds},
+            datasets=datasets,
             # Not split: every rank reads the same global order and takes its dp slice, so
             # the data cursor is one global row number whatever the world size.
             dataset_config=DataConfig(datasets_to_split=[]),
@@ -179,7 +219,7 @@ def train(job: JobConfig) -> dict[str, Any]:
     summary["checkpoints"] = sorted(p.name for p in run_dir.glob("step_*") if p.is_dir())
     summary["head"] = ray.get(registry.get_head.remote())
     summary["tier"] = tier
-    summary["num_workers"] = n
+    summary["num_workers"] = int(scaling["num_workers"])
     summary["parallel"] = plan
     ray.kill(registry)
     ray.kill(tuner)

@@ -75,9 +75,13 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         ckpt.load(start, model, opt, sched)
         if world_target is not None and (start / "world_target.pt").is_file():
             world_target.load_state_dict(torch.load(start / "world_target.pt"))
-        table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in spec["shards"]])
-        table = table.sort_by("position")
+        tables: dict[int, Any] = {}  # phase → its corpus in global order (a segment may cross phases)
         for entry in spec["segment"]:
+            phase = int(entry.get("phase", 0))
+            if phase not in tables:
+                shards = spec["shards"][str(phase)]
+                tables[phase] = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shards]).sort_by("position")
+            table = tables[phase]
             gen = seeded_generator(job.loop.seed, entry["step"], rank)
             micro = [collate(t.to_pydict(), job.model, gen)
                      for t in rows_for_step(table, entry["cursor"], entry["accum"], world, rank, batch)]  # fmt: skip
@@ -96,6 +100,7 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]
     import torch.multiprocessing as mp
 
     from ogi_ray.corpus.manifest import shard_paths
+    from ogi_ray.train.phases import corpus_of
 
     run = Path(str(run_dir))
     where = f"replay {rec_i['step']}→{rec_next['step']}"
@@ -113,7 +118,8 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]
     world, threads = int(state.get("world_size", 1)), int(state.get("threads", 1))
     spec = {
         "job": job, "start_ckpt": str(run / rec_i["checkpoint"]), "segment": segment,
-        "shards": shard_paths(job["data"]["corpus"]), "threads": threads,
+        "shards": {str(p): shard_paths(corpus_of(job, p)) for p in {int(e.get("phase", 0)) for e in segment}},
+        "threads": threads,
         "batch_size": state.get("batch_size"),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -94,6 +94,7 @@ class TunerState:
     updates: int = 0  # reports applied, all phases
     phase_updates: int = 0  # reports applied in this phase (warm-up counter)
     last_step: int = -1  # highest step applied (the actor ignores steps ≤ this)
+    phase: int = 0  # index of the current phase (set_phase)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +113,7 @@ def _check_lambdas(lams: dict[str, float], objectives: list[str], what: str) -> 
         raise ValueError(f"{what}: weights must be finite and > 0, got {bad}")
 
 
-def _normalise(lams: dict[str, float], objectives: list[str]) -> dict[str, float]:
+def normalise(lams: dict[str, float], objectives: list[str]) -> dict[str, float]:
     """Missing objectives get 1.0; the result sums to len(objectives)."""
     full = {k: float(lams.get(k, 1.0)) for k in objectives}
     total = sum(full.values())
@@ -121,7 +122,7 @@ def _normalise(lams: dict[str, float], objectives: list[str]) -> dict[str, float
 
 def init_state(cfg: TunerConfig) -> TunerState:
     cfg.validate()
-    base = _normalise(cfg.initial or {}, cfg.objectives)
+    base = normalise(cfg.initial or {}, cfg.objectives)
     return TunerState(
         lambdas=dict(base), base=dict(base), multipliers={k: 0.0 for k in cfg.objectives}
     )
@@ -278,11 +279,16 @@ class LossWeightTuner:
         self.state = TunerState.from_dict(d["state"])
         self._persist()
 
-    def set_phase(self, initial_lambdas: dict[str, float]) -> None:
-        """Start a phase: λ⁰ = λ = the given weights (normalised, missing ones 1.0), μ = 0,
-        warm-up restarts. Smoothed norms and the step counter carry over."""
-        _check_lambdas(initial_lambdas, self.cfg.objectives, "initial_lambdas")
-        base = _normalise(initial_lambdas, self.cfg.objectives)
+    def set_phase(self, initial_lambdas: dict[str, float] | None, phase: int = 0) -> dict[str, float]:
+        """Start phase ``phase``: λ⁰ = λ = the given weights (normalised, missing ones 1.0;
+        None = the config's ``initial``), μ = 0, warm-up restarts. Smoothed norms and the
+        step counter carry over. Returns the new λ."""
+        initial_lambdas = self.cfg.initial if initial_lambdas is None else initial_lambdas
+        _check_lambdas(initial_lambdas or {}, self.cfg.objectives, "initial_lambdas")
+        base = normalise(initial_lambdas or {}, self.cfg.objectives)
         self.state.base, self.state.lambdas = dict(base), dict(base)
         self.state.multipliers = {k: 0.0 for k in self.cfg.objectives}
         self.state.phase_updates = 0
+        self.state.phase = int(phase)
+        self._persist()
+        return self.weights()

@@ -2,8 +2,9 @@
 
     config dict ─► JobConfig ─► placement (device/backend) ─► plain model
       ─► parallel.apply(model, mesh) ─► AdamW + schedule ─► resume from Ray's checkpoint
-      ─► each step: k global micro-batches from the corpus stream (every dp rank sees the
-         same global order and takes its slice: the data cursor is a global row number)
+      ─► each step: k global micro-batches from the phase's corpus stream (every dp rank
+         sees the same global order and takes its slice: the data cursor is a global row
+         number); at a phase's first step the tuner restarts from the phase's λ
          ─► loop.train_step (λ from the LossWeightTuner actor, fetched without blocking)
          ─► metrics (all-reduced) ─► metrics.jsonl (rank 0), tuner.report (fire and forget)
       ─► each checkpoint: held-out eval ─► checkpoint.save ─► lineage marker
@@ -40,6 +41,8 @@ from ogi_ray.train import loop
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import collate, read_heldout, seeded_generator
 from ogi_ray.train.optim import build_optimizer
+from ogi_ray.train.phases import Phase, dataset_key, phase_at
+from ogi_ray.train.tuner import normalise
 
 
 def global_row_stream(shard: Any, rows: int, start: int) -> Iterator[Any]:
@@ -149,8 +152,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
 
     tuner = ray.get_actor(config["tuner"]) if config.get("tuner") else None
     registry = ray.get_actor(config["registry"]) if rank == 0 else None
+    phases = [Phase(**{k: v for k, v in p.items() if k != "heldout"}) for p in config["phases"]]
     lambdas = {n: 1.0 for n in objectives}
-    start_step, cursor, tokens_seen = 0, 0, 0
+    # cursor: rows consumed from the current phase's corpus; rows: from all phases.
+    start_step, cursor, rows, tokens_seen, phase_idx = 0, 0, 0, 0, 0
+    phase_tokens: dict[str, int] = {}
     resume_dir = _resume_dir(ray.train.get_checkpoint(), registry, run_dir)
     if resume_dir is not None:
         state = ckpt.load(resume_dir, model, opt, sched)
@@ -158,6 +164,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         if world_target is not None and (resume_dir / "world_target.pt").is_file():
             world_target.load_state_dict(torch.load(resume_dir / "world_target.pt"))
         start_step, cursor, tokens_seen = state["step"], state["cursor"], state["tokens_seen"]
+        rows, phase_idx = state.get("rows", cursor), state.get("phase", 0)
+        phase_tokens = state.get("phase_tokens", {})
         lambdas = state.get("lambdas", lambdas)
         ckpt.set_rng_state(state["rng"])
         if rank == 0:
@@ -166,13 +174,21 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             # A crash between report and append: finish the append (idempotent).
             ray.get(registry.append.remote({k: v for k, v in marker["record"].items() if k != "schema"}))
 
-    heldout = {
-        src: collate(rows, mcfg, seeded_generator(job.loop.seed, -1, 0))
-        for src, rows in read_heldout(config["heldout"], data.eval_rows_per_source).items()
-    }
+    heldout_by_phase: dict[int, dict[str, Any]] = {}
+
+    def heldout(ph: Phase) -> dict[str, Any]:  # the phase corpus' held-out rows, collated once
+        if ph.index not in heldout_by_phase:
+            heldout_by_phase[ph.index] = {
+                src: collate(r, mcfg, seeded_generator(job.loop.seed, -1, 0))
+                for src, r in read_heldout(config["phases"][ph.index]["heldout"], data.eval_rows_per_source).items()
+            }  # fmt: skip
+        return heldout_by_phase[ph.index]
+
     g_rows = dp * data.batch_size  # one global micro-batch
-    n_rows = int(config["total_rows"])
-    stream = global_row_stream(ray.train.get_dataset_shard("train"), g_rows, cursor)
+    ph = phase_at(phases, start_step)
+    if ph.index != phase_idx:  # resumed exactly at a phase boundary: the new corpus starts at 0
+        cursor = 0
+    stream = global_row_stream(ray.train.get_dataset_shard(dataset_key(ph.index)), g_rows, cursor)
     peak = peak_flops(placement)  # per device: a table entry, else a matmul probe
     history: list[dict[str, Any]] = []
     segment: list[dict[str, Any]] = []  # per-step inputs since the last checkpoint (replay)
@@ -187,6 +203,17 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     t_last = time.perf_counter()
 
     for step in range(start_step, job.loop.steps):
+        if phase_at(phases, step).index != ph.index:  # next phase: its corpus from row 0
+            ph, cursor = phase_at(phases, step), 0
+            stream = global_row_stream(ray.train.get_dataset_shard(dataset_key(ph.index)), g_rows, cursor)
+        if step == ph.start:  # the tuner (or the fixed λ) starts from the phase's weights
+            if rank == 0:
+                if tuner is not None:
+                    pending = None  # a λ fetched before the switch would undo it
+                    lambdas = ray.get(tuner.set_phase.remote(ph.lambdas, ph.index))
+                else:
+                    lambdas = normalise(ph.lambdas or {}, objectives)
+            lambdas = _broadcast(lambdas)
         gen = seeded_generator(job.loop.seed, step, dp_rank)
         t_wait = time.perf_counter()  # data wait: stream + decode + collate
         micro = []
@@ -194,26 +221,28 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             table = next(stream)
             mine = table.slice(dp_rank * data.batch_size, data.batch_size).to_pydict()
             # The cursor is only meaningful if the stream follows the corpus order exactly.
-            first = (cursor + j * g_rows + dp_rank * data.batch_size) % n_rows
+            first = (cursor + j * g_rows + dp_rank * data.batch_size) % ph.total_rows
             if mine["position"][0] != first:
                 raise RuntimeError(f"data stream out of order: row {mine['position'][0]}, expected {first}")
             micro.append(collate(mine, mcfg, gen))
         t_wait = time.perf_counter() - t_wait
         accum_used = accum
-        segment.append({"step": step, "cursor": cursor, "lambdas": dict(lambdas), "accum": accum})
+        segment.append({"step": step, "cursor": cursor, "phase": ph.index, "lambdas": dict(lambdas), "accum": accum})
         metrics = step_fn(stepper, opt, sched, micro, cfg=mcfg, placement=placement,
                                   grad_clip=job.optim.grad_clip, lambdas=lambdas,
                                   world_target=world_target)  # fmt: skip
         cursor += accum * g_rows
+        rows += accum * g_rows
         ntok = float(sum(int(m["n_tokens"]) for m in micro)) if counts_tokens else 0.0
         row, total_tok = _reduce_metrics(metrics, objectives, ntok)
         batch_tokens = int(round(total_tok))
         tokens_seen += batch_tokens
+        phase_tokens[ph.name] = phase_tokens.get(ph.name, 0) + batch_tokens
         now = time.perf_counter()
         dt, t_last = max(now - t_last, 1e-9), now
         row.update(step=step, lr=metrics["lr"], grad_norm=metrics["grad_norm"], batch_tokens=batch_tokens,
                    tokens_seen=tokens_seen, tokens_per_s=batch_tokens / dt, cursor=cursor,
-                   accum_steps=accum)  # fmt: skip
+                   accum_steps=accum, phase=ph.index)  # fmt: skip
         # Gradient noise scale: one global micro-batch (small) vs the whole step (big).
         b_noise = None
         if metrics["gns_small_sq"] is not None and batch_tokens > 0:
@@ -250,10 +279,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         done = step + 1
-        if done % job.loop.checkpoint_every == 0 or done == job.loop.steps:
-            scores = eval_fn(stepper, heldout, mcfg, placement, world_target)
+        # A checkpoint (and lineage record) also closes every phase.
+        if done % job.loop.checkpoint_every == 0 or done == job.loop.steps or done == ph.end:
+            scores = eval_fn(stepper, heldout(ph), mcfg, placement, world_target)
             tuner_state = ray.get(tuner.state_dict.remote()) if (rank == 0 and tuner is not None) else None
-            state = {"step": done, "cursor": cursor, "tokens_seen": tokens_seen, "lambdas": lambdas,
+            state = {"step": done, "cursor": cursor, "rows": rows, "phase": ph.index, "phase_tokens": phase_tokens,
+                     "tokens_seen": tokens_seen, "lambdas": lambdas,
                      "rng": ckpt.rng_state(), "tuner": tuner_state, "accum": accum,
                      "gns": gns.state_dict(), "world_size": world, "batch_size": data.batch_size,
                      "parallel": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp},
@@ -269,9 +300,9 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                 fields = {
                     "run": config["run_name"], "step": done, "parent": ray.get(registry.get_head.remote()),
                     "checkpoint": name, "weights_root": root, "weights_hash": "sha256-merkle-v1",
-                    "weights_file": ckpt.WEIGHTS_FILE, "manifest_hash": config["manifest_hash"],
+                    "weights_file": ckpt.WEIGHTS_FILE, "manifest_hash": ph.manifest_hash,
                     "config_hash": config["config_hash"], "rng": ckpt.rng_commitment(), "eval": scores,
-                    "data_cursor": {"rows": cursor, "tokens_seen": tokens_seen},
+                    "data_cursor": {"rows": rows, "tokens_seen": tokens_seen, "phase": ph.index},
                     # Every other file of the checkpoint (optimizer, train state, segment):
                     # written above, so tampering with any of them breaks the record.
                     "files": checkpoint_files(tmp),
@@ -296,4 +327,6 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         "steps": job.loop.steps, "start_step": start_step, "tokens_seen": tokens_seen,
         "loss_first": losses["lm"][0], "loss_last": losses["lm"][1], "losses": losses,
         "final_record": last_record, "objectives": objectives,
+        "phases": [{"name": p.name, "start": p.start, "steps": p.steps, "token_budget": p.token_budget,
+                    "tokens": phase_tokens.get(p.name, 0)} for p in phases],
     }  # fmt: skip
