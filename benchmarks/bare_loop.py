@@ -25,6 +25,7 @@ import torch
 from ogi_ray.corpus.manifest import load_manifest, shard_paths
 from ogi_ray.lineage.merkle import weights_root
 from ogi_ray.model import build
+from ogi_ray.parallel.apply import compile_blocks
 from ogi_ray.parallel.device import DeviceConfig, peak_flops, resolve
 from ogi_ray.train import loop
 from ogi_ray.train.config import job_from_dict
@@ -47,7 +48,10 @@ def main() -> None:
     ap.add_argument("--tuner", choices=["on", "off"], default="on",
                     help="the loss-weight tuner, in process (same math as the actor)")
     ap.add_argument("--warmup", type=int, default=20, help="tuner warm-up updates")
-    ap.add_argument("--max-step", type=float, default=1.1, help="tuner: max λ change factor per update")
+    ap.add_argument("--max-step", type=float, default=TunerConfig.max_step, help="tuner: max λ change factor per update")
+    ap.add_argument("--dual-lr", type=float, default=TunerConfig.dual_lr, help="tuner: dual ascent step")
+    ap.add_argument("--ema", type=float, default=TunerConfig.ema, help="tuner: smoothing of the norms")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     ap.add_argument("--norms-out", default="", help="write each step's raw per-objective grad norms (JSON lines)")
     args = ap.parse_args()
 
@@ -63,11 +67,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = build(job.model).to(placement.device)
     world_target = loop.make_world_target(model)
+    if args.compile:
+        compile_blocks(model)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
 
     tuner = LossWeightTuner(TunerConfig(objectives=job.model.objectives, warmup=args.warmup,
-                                        max_step=args.max_step, enabled=args.tuner == "on"))  # fmt: skip
+                                        max_step=args.max_step, dual_lr=args.dual_lr, ema=args.ema,
+                                        enabled=args.tuner == "on"))  # fmt: skip
     lambdas = tuner.weights()
     t_data = 0.0
     history: list[dict[str, float]] = []
@@ -120,11 +127,11 @@ def main() -> None:
     print(json.dumps({
         "device": torch.cuda.get_device_name() if placement.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "preset": args.preset, "params": model.num_params(),
-        "precision": str(placement.autocast_dtype or "fp32"), "steps": args.steps,
+        "precision": str(placement.autocast_dtype or "fp32"), "compile": args.compile, "steps": args.steps,
         "text_tokens_per_s": tokens / dt, "slot_tokens_per_s": slot_tokens / dt,
         "mfu": slot_tokens / dt * model.flops_per_token() / peak, "peak_flops": peak,
         "data_wait_fraction": t_data / dt,
-        "tuner": args.tuner, "max_step": args.max_step,
+        "tuner": args.tuner, "max_step": args.max_step, "dual_lr": args.dual_lr, "ema": args.ema,
         "loss_first_10pct": {key: mean(history[:k], key) for key in keys},
         "loss_last_10pct": {key: mean(history[-k:], key) for key in keys},
         "balance_le_2_fraction": sum(r <= 2 for r in ratios) / len(ratios) if ratios else None,

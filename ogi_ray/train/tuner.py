@@ -46,9 +46,15 @@ _MU_MAX = 50.0  # cap on μ: exp(−50) already silences an objective; keeps μ 
 class TunerConfig:
     objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
     epsilon: float = 0.05  # constraint slack: λ_i ĝ_i ≤ (1+ε)·mean
-    dual_lr: float = 0.5  # step size of the dual ascent on μ (log units)
-    ema: float = 0.9  # smoothing of the reported norms: ĝ ← ema·ĝ + (1−ema)·g
-    max_step: float = 1.1  # each λ changes by at most this factor per update
+    # Step size of the dual ascent on μ (log units). μ enters log λ with slope −1 and c is
+    # a log ratio, so 1.0 corrects a violation in one update (a Newton step); ≥ 2
+    # overshoots every update and oscillates (seen on recorded norms: 0.08 of steps
+    # balanced at 2.0 against 0.94 at 1.0; 0.72 at 0.5, which lags the spiky align norm).
+    dual_lr: float = 1.0
+    # Smoothing of the reported norms, ĝ ← ema·ĝ + (1−ema)·g: contrastive (align) norms
+    # jump by e^±0.7 from step to step, and λ should follow the trend, not the noise.
+    ema: float = 0.95
+    max_step: float = 1.2  # each λ changes by at most this factor per update
     warmup: int = 10  # updates (per phase) that only smooth norms, λ frozen
     enabled: bool = True  # False: λ stays at the phase's initial weights
     initial: dict[str, float] | None = None  # λ⁰ per objective (normalised); None = all 1
@@ -63,8 +69,8 @@ class TunerConfig:
             raise ValueError(
                 f"epsilon: must lie in (0, 1/(K-1)) for K={k} objectives, got {self.epsilon}"
             )
-        if self.dual_lr <= 0:
-            raise ValueError(f"dual_lr: must be > 0, got {self.dual_lr}")
+        if not 0 < self.dual_lr < 2:
+            raise ValueError(f"dual_lr: must lie in (0, 2) (>= 2 overshoots and oscillates), got {self.dual_lr}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema: must lie in [0, 1), got {self.ema}")
         if self.max_step <= 1:
