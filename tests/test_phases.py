@@ -58,9 +58,16 @@ def test_merged_manifest_requires_one_tokenizer():
     b = {"sources": [{"name": "y", "modalities": ["text", "image"]}], "tokenizers": tok}
     m = merged_manifest([a, b], ["phases[0].corpus", "phases[1].corpus"])
     assert [s["name"] for s in m["sources"]] == ["x", "y"]
+    assert m["tokenizers"]["image"] == {"sha256": "ii"}
     c = {**b, "tokenizers": {**tok, "text": {"sha256": "bb"}}}
     with pytest.raises(ConfigError, match=r"phases\[1\]\.corpus.*text tokenizer.*reuse"):
         merged_manifest([a, c], ["phases[0].corpus", "phases[1].corpus"])
+    # Image settings matter only where images are used: a's (unused) differ, b's count.
+    a2 = {**a, "tokenizers": {**tok, "image": {"sha256": "other"}}}
+    assert merged_manifest([a2, b], ["p0", "p1"])["tokenizers"]["image"] == {"sha256": "ii"}
+    d = {**b, "tokenizers": {**tok, "image": {"sha256": "zz"}}}
+    with pytest.raises(ConfigError, match=r"p2.*image tokenizer differs from p1"):
+        merged_manifest([a, b, d], ["p0", "p1", "p2"])
 
 
 def _mix(name: str, sources: list[dict], reuse: str = "") -> dict:

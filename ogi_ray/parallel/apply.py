@@ -103,8 +103,18 @@ def apply_fsdp(model: nn.Module, dp_mesh: Any, *, reshard_after_forward: bool = 
     return model
 
 
-def apply(model: nn.Module, mesh: Any) -> nn.Module:
-    """Apply TP then FSDP to ``model`` in place for ``mesh``; returns the model.
+def compile_blocks(model: nn.Module) -> nn.Module:
+    """``torch.compile`` each block in place (``nn.Module.compile``: parameter names and
+    the state dict stay as they are, so checkpoints and weight roots do not change).
+    Blocks are identical, so one compiled graph serves them all."""
+    for block in _blocks(model):
+        block.compile()
+    return model
+
+
+def apply(model: nn.Module, mesh: Any, *, compile: bool = False) -> nn.Module:
+    """Apply TP, then ``torch.compile`` per block (``compile``), then FSDP to ``model``
+    in place for ``mesh``; returns the model.
 
     mesh None (one process) → unchanged; 1-D ("dp",) → FSDP over it (the legacy path);
     3-D from ``build_mesh(device, ParallelDims)`` with pp == 1 → TP over "tp", FSDP over
@@ -112,14 +122,16 @@ def apply(model: nn.Module, mesh: Any) -> nn.Module:
     then only wraps every parameter as a DTensor, which keeps the optimizer's and the
     clipping's tensors uniformly DTensors (plain tensors beside TP DTensors are not)."""
     if mesh is None:
-        return model
+        return compile_blocks(model) if compile else model
     names = tuple(mesh.mesh_dim_names or ())
     if names == ("dp",):
-        return apply_fsdp(model, mesh)
+        return apply_fsdp(compile_blocks(model) if compile else model, mesh)
     if axis_size(mesh, "pp") > 1:
         raise ValueError("apply: the mesh has pp > 1; build stages with "
                          "ogi_ray.parallel.pipeline.build_pipeline instead")  # fmt: skip
     apply_tp(model, mesh["tp"])
+    if compile:
+        compile_blocks(model)
     if mesh.size() > 1:
         apply_fsdp(model, mesh["dp"])
     return model

@@ -19,6 +19,9 @@ class DeviceConfig:
     # auto: bf16 autocast (fp32 master weights and optimizer state) on GPUs and on CPUs
     # with bf16 matrix units (AMX, AVX512-BF16), fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile each transformer block (after TP, before FSDP, as torchtitan does):
+    # fused elementwise kernels around the matmuls. Costs a compile on the first step.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,22 +74,32 @@ PEAK_TABLE = {
 }  # fmt: skip
 
 
-def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, iters: int = 8) -> float:
-    """Achieved FLOP/s of square matmuls: the peak used for MFU when no table entry applies."""
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048),
+                         trials: int = 3) -> float:  # fmt: skip
+    """Best achieved FLOP/s of square matmuls: the peak used for MFU when no table entry
+    applies. Best over sizes and trials, because a single short timing on a shared CPU
+    read anywhere from 0.44 to 1.1 TFLOP/s for the same bf16 matmul (2 AMX cores)."""
     import time
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b  # warm up kernels and caches
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t)
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        iters = max(2, int(4e10 / (2 * n**3)))  # ~40 GFLOP per trial
+        for _ in range(2):
+            a @ b  # warm up kernels and caches
+        for _ in range(trials):
+            sync()
+            t = time.perf_counter()
+            for _ in range(iters):
+                a @ b
+            sync()
+            best = max(best, 2 * n**3 * iters / (time.perf_counter() - t))
+    return best
 
 
 def peak_flops(p: Placement) -> float:

@@ -77,15 +77,24 @@ def text_tokens_per_row(manifest: dict[str, Any]) -> float:
 
 def merged_manifest(manifests: list[dict[str, Any]], where: list[str]) -> dict[str, Any]:
     """One view of several corpora for sizing the model: every source (so the layout has
-    slots for every modality any phase uses) and the shared tokenizers. The phases must
-    agree on every tokenizer, or the embeddings would change meaning at a boundary."""
-    first = manifests[0]
-    for m, field_name in zip(manifests[1:], where[1:], strict=True):
-        for mod, tok in first["tokenizers"].items():
-            if m["tokenizers"].get(mod, {}).get("sha256") != tok.get("sha256"):
+    slots for every modality any phase uses) and, per modality, the tokenizer of the
+    corpora that use it. Those must agree (text always), or the embeddings would change
+    meaning at a phase boundary."""
+    tokenizers: dict[str, dict[str, Any]] = {}
+    owner: dict[str, str] = {}
+    for m, field_name in zip(manifests, where, strict=True):
+        used = {"text"} | {mod for s in m["sources"] for mod in s["modalities"]}
+        for mod in sorted(used):
+            tok = m["tokenizers"].get(mod, {})
+            if mod not in tokenizers:
+                tokenizers[mod], owner[mod] = tok, field_name
+            elif tok.get("sha256") != tokenizers[mod].get("sha256"):
                 hint = " (build it with text_tokenizer.reuse: the first corpus)" if mod == "text" else ""
-                raise ConfigError(None, field_name, f"its {mod} tokenizer differs from {where[0]}'s{hint}")
-    return {**first, "sources": [s for m in manifests for s in m["sources"]]}
+                raise ConfigError(None, field_name, f"its {mod} tokenizer differs from {owner[mod]}'s{hint}")
+    # Modalities no phase uses keep the first corpus' (unused) settings: the layout
+    # gives them no slots.
+    tokenizers = {**manifests[0]["tokenizers"], **tokenizers}
+    return {**manifests[0], "tokenizers": tokenizers, "sources": [s for m in manifests for s in m["sources"]]}
 
 
 def phase_corpora(phases: list[PhaseConfig], default_corpus: str) -> list[tuple[str, dict[str, Any]]]:

@@ -69,7 +69,7 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         torch.manual_seed(job.loop.seed)
         model = build(job.model)
         world_target = loop.make_world_target(model)
-        model = par.apply(model, par.build_mesh("cpu", world))
+        model = par.apply(model, par.build_mesh("cpu", world), compile=job.device.compile)
         opt, sched = build_optimizer(model, job.optim, job.loop.steps)
         start = Path(spec["start_ckpt"])
         ckpt.load(start, model, opt, sched)

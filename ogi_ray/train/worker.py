@@ -143,7 +143,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         model, stepper, step_fn, eval_fn = pipe.module, pipe, pipeline_train_step, pipeline_evaluate
         data = replace(data, accum_steps=pipe.n_microbatches)  # one micro entry per schedule micro-batch
     else:
-        model = par.apply(model, mesh)
+        model = par.apply(model, mesh, compile=job.device.compile)
         stepper, step_fn, eval_fn = model, loop.train_step, loop.evaluate
     # Tokens are counted once per dp replica (tp and pp ranks see the same rows).
     counts_tokens = mesh is None or (axis_rank(mesh, "tp") == 0 and axis_rank(mesh, "pp") == 0)
