@@ -65,6 +65,9 @@ class LoopConfig:
 class WorkersConfig:
     num_workers: int = 2
     cpus_per_worker: float = 0.5  # < 1 so Ray Data's read tasks are not starved on 2 cores
+    # torch intra-op threads per worker; 0 keeps Ray's OMP_NUM_THREADS (the CPUs asked
+    # for, at least 1), which for cpus_per_worker < 1 is one thread.
+    threads: int = 0
     # A failed worker group is restarted from the latest checkpoint this many times.
     max_failures: int = 2
     # An impossible placement fails after this many controller retries instead of
@@ -77,6 +80,8 @@ class WorkersConfig:
     def validate(self) -> None:
         if self.num_workers < 0:
             raise ValueError("num_workers: must be >= 0 (0 runs in the driver)")
+        if self.threads < 0:
+            raise ValueError("threads: must be >= 0 (0: Ray's default)")
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,7 @@ Only this module touches ``ray.train``; the step itself is plain PyTorch (loop.p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from ogi_ray.train.data import collate, read_heldout, seeded_generator
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.phases import Phase, dataset_key, phase_at
 from ogi_ray.train.tuner import normalise
+
+log = logging.getLogger(__name__)
 
 
 def global_row_stream(shard: Any, rows: int, start: int) -> Iterator[Any]:
@@ -124,6 +127,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = resolve(job.device, ctx.get_local_rank())
+    if job.workers.threads:
+        torch.set_num_threads(job.workers.threads)
     run_dir = Path(config["run_dir"])
     # Who is running where (diagnostics; fault-injection tests read the pids from here).
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
@@ -142,6 +147,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         pipe = build_pipeline(model, mesh, mcfg, int(plan.get("microbatches") or dims.pp), placement.device)
         model, stepper, step_fn, eval_fn = pipe.module, pipe, pipeline_train_step, pipeline_evaluate
         data = replace(data, accum_steps=pipe.n_microbatches)  # one micro entry per schedule micro-batch
+        if job.device.compile:
+            log.warning("device.compile is not applied to pipeline stages (pp > 1): running eager")
     else:
         model = par.apply(model, mesh, compile=job.device.compile)
         stepper, step_fn, eval_fn = model, loop.train_step, loop.evaluate
@@ -257,6 +264,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         # Every layout slot is computed, so model FLOPs count rows × slots, not text tokens.
         slots = accum_used * g_rows * mcfg.layout.seq_len
         row["mfu"] = slots / dt * flops_per_token / (peak * world)
+        row["peak_flops"] = peak
         row["data_wait_fraction"] = t_wait / dt
         for n in objectives:
             row[f"lambda/{n}"] = lambdas.get(n, 1.0)
