@@ -47,9 +47,9 @@ class TunerConfig:
     objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
     epsilon: float = 0.05  # constraint slack: λ_i ĝ_i ≤ (1+ε)·mean
     # Step size of the dual ascent on μ (log units). μ enters log λ with slope −1 and c is
-    # a log ratio, so 1.0 corrects a violation in one update (a Newton step); ≥ 2
-    # overshoots every update and oscillates (seen on recorded norms: 0.08 of steps
-    # balanced at 2.0 against 0.94 at 1.0; 0.72 at 0.5, which lags the spiky align norm).
+    # a log ratio, so at 1.0 an update moves log λ by the violation itself; near 2 it
+    # overshoots by as much as it corrects and oscillates (on recorded norms: 0.08 of
+    # steps balanced at 2.0, 0.94 at 1.0, 0.72 at 0.5, which lags the spiky align norm).
     dual_lr: float = 1.0
     # Smoothing of the reported norms, ĝ ← ema·ĝ + (1−ema)·g: contrastive (align) norms
     # jump by e^±0.7 from step to step, and λ should follow the trend, not the noise.
