@@ -20,6 +20,7 @@ from ogi_ray.scaling.law import PRESETS
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.driver import train
 from ogi_ray.train.phases import Phase, merged_manifest, phase_at, text_tokens_per_row
+from ogi_ray.train.report import write_report
 from ogi_ray.train.schedule import lr_at
 from ogi_ray.train.tuner import normalise
 
@@ -182,6 +183,12 @@ def test_two_phases_continue_schedule_cursor_lineage_and_survive_tuner_kill(ray_
     notes: list[str] = []
     assert verify_run(run_dir, notes=notes) == []
     assert sum("manifest and" in n for n in notes) == 2, notes  # both corpora's shards checked
+
+    # `ogi report`: the plots, and the phase boundary and loss table in the summary.
+    md = write_report(run_dir, warmup=1).read_text()
+    assert "phase 1 from step 4" in md and "| lm |" in md
+    for png in ("losses", "lambdas", "gradnorms", "lr", "batch", "throughput"):
+        assert (run_dir / f"{png}.png").stat().st_size > 1000, png
 
     # The tuner: killed during phase b, restarted from its file, lost nothing reported.
     assert killed.get("killed"), "the tuner was never killed (run too fast?)"

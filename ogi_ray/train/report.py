@@ -26,6 +26,16 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def phase_starts(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(phase index, first step) for each phase the metrics show, in order."""
+    out: list[tuple[int, int]] = []
+    for r in rows:
+        p = int(r.get("phase", 0))
+        if not out or out[-1][0] != p:
+            out.append((p, int(r["step"])))
+    return out
+
+
 def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], title: str, log: bool = False) -> None:
     import matplotlib
 
@@ -37,6 +47,8 @@ def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], title: str, l
         x, y = _series(rows, k)
         if x:
             ax.plot(x, y, label=k)
+    for _, start in phase_starts(rows)[1:]:  # phase boundaries
+        ax.axvline(start, color="grey", linestyle="--", linewidth=0.8)
     ax.set_title(title)
     ax.set_xlabel("step")
     if log:
@@ -82,6 +94,10 @@ def write_report(run_dir: str | Path, warmup: int = 10) -> Path:
         if first and last:
             a, b = sum(first) / len(first), sum(last) / len(last)
             lines.append(f"| {o} | {a:.4f} | {b:.4f} | {'yes' if b < a else 'NO'} |")
+    starts = phase_starts(rows)
+    if len(starts) > 1:
+        lines += ["", "Phases (dashed lines in the plots): " + ", ".join(
+            f"phase {p} from step {s}" for p, s in starts) + "."]  # fmt: skip
     frac, ratios = balance(rows, warmup)
     if frac is not None:
         lines += ["", f"Tuner balance after step {warmup}: max/min of the smoothed weighted gradient "
