@@ -87,3 +87,33 @@ def test_sigkill_worker_resumes_exactly(corpus, tmp_path):
     assert verify_run(run_dir) == []
     recs = list((run_dir / "lineage" / "records").glob("*.json"))
     assert len(recs) == 3
+
+
+@pytest.mark.slow
+def test_relaunch_after_restarts_are_spent_resumes_from_checkpoint(corpus, tmp_path):
+    """max_failures=0: the first kill fails the fit; the driver's relaunch (re-planned
+    from the live capacity, same global batch) resumes from the latest checkpoint."""
+    steps, every = 8, 3
+    job = job_from_dict({
+        "model": {"preset": "tiny", "vocab_size": 400},
+        "data": {"corpus": str(corpus), "batch_size": 4, "seq_len": 32, "accum_steps": 1},
+        "loop": {"steps": steps, "checkpoint_every": every, "log_every": 2},
+        "workers": {"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 0, "max_relaunches": 1},
+        "run": {"name": "relaunch", "storage_path": str(tmp_path)},
+    })  # fmt: skip
+    run_dir = tmp_path / "relaunch"
+    killed: dict = {}
+    t = threading.Thread(target=_killer, args=(run_dir, 4, 0, killed), daemon=True)
+    t.start()
+    summary = train(job)
+    t.join(timeout=1)
+    assert killed, "the worker was never killed (run too fast?)"
+    assert summary["start_step"] == every  # the relaunch began at the step-3 checkpoint
+    assert summary["num_workers"] == 2 and summary["checkpoints"][-1] == f"step_{steps:06d}"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_step: dict[int, set] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], set()).add(r["cursor"])
+    assert sorted(by_step) == list(range(steps))
+    assert [by_step[s].pop() for s in range(steps)] == [8 * (s + 1) for s in range(steps)]
+    assert verify_run(run_dir) == []
