@@ -12,7 +12,8 @@ run straight through the boundaries:
       ─► Phase(start, steps, corpus, manifest, λ⁰) ...   loop.steps = Σ steps
 
 Budgets are in text tokens (what ``batch_tokens`` counts); a phase's steps are fixed at
-launch from its corpus' mean text tokens per row × rows per step at the configured
+launch from its corpus' mean text tokens per row (truncated to ``data.seq_len``, as the
+model sees them) × rows per step at the configured
 accumulation, so the realised tokens follow the batch controller (the summary reports
 both). Without ``phases:`` the run is one phase over ``data.corpus`` with ``tuner.initial``.
 """
@@ -69,10 +70,17 @@ class Phase:
         return self.start + self.steps
 
 
-def text_tokens_per_row(manifest: dict[str, Any]) -> float:
-    """Mean text tokens per training row of a corpus (from its manifest's counts)."""
-    text = sum(int(s["tokens_by_modality"].get("text", 0)) for s in manifest["sources"])
-    return text / max(1, int(manifest["total_rows"]))
+def text_tokens_per_row(corpus: str | Path, seq_len: int) -> float:
+    """Mean text tokens a training row of ``corpus`` feeds the model: min(row's text
+    tokens, seq_len), as the collate step truncates (read from the shards' counts)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ogi_ray.corpus.manifest import shard_paths
+
+    counts = [pq.read_table(p, columns=["tokens_text"]).column(0).to_numpy() for p in shard_paths(corpus)]
+    n = np.concatenate(counts) if counts else np.zeros(0)
+    return float(np.minimum(n, seq_len).mean()) if n.size else 0.0
 
 
 def merged_manifest(manifests: list[dict[str, Any]], where: list[str]) -> dict[str, Any]:
@@ -135,7 +143,7 @@ def resolve_phases(
             except Exception as e:
                 raise ConfigError(None, f"phases[{i}].constants", str(e)) from e
             budget = p.tokens or int(p.optimal_fraction * law.optimal_tokens(n_params))
-            per_step = min(text_tokens_per_row(m), seq_len) * rows_per_step
+            per_step = text_tokens_per_row(folder, seq_len) * rows_per_step
             steps = max(1, math.ceil(budget / max(per_step, 1e-9)))
         out.append(Phase(
             index=i, name=p.name, start=start, steps=steps, corpus=folder,
