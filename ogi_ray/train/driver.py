@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import asdict, replace
@@ -28,6 +29,8 @@ from ogi_ray.train.config import JobConfig
 from ogi_ray.train.data import COLUMNS
 from ogi_ray.train.tuner import LossWeightTuner
 from ogi_ray.train.worker import train_func
+
+log = logging.getLogger(__name__)
 
 
 def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
@@ -51,6 +54,10 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
         n_steps=d.max_steps if mods & {"proprio", "action"} else 0,
     )  # fmt: skip
     model.validate()
+    if model.n_vid and "world" not in model.objectives:
+        log.warning("data.max_video_tubelets=%d holds one time chunk of %d tubelets: the world objective "
+                    "(next chunk from the previous ones) is off; give at least %d", d.max_video_tubelets,
+                    vgrid, 2 * vgrid)  # fmt: skip
     tuner = job.tuner
     if set(tuner.objectives) != set(model.objectives):
         tuner = replace(tuner, objectives=model.objectives,
