@@ -6,16 +6,17 @@ and its starting loss weights. ``resolve_phases`` turns that into fixed step ran
 before launch, so the lr schedule, the optimizer, the data cursor and the lineage chain
 run straight through the boundaries:
 
-    PhaseConfig[] ─► verify each corpus ─► one text tokenizer for all (else ConfigError)
-      ─► budget → tokens (``tokens``, or ``optimal_fraction`` × the planner's
-         compute-optimal D for the model's N) → steps (nominal text tokens per step)
+    PhaseConfig[] ─► phase_corpora: verify each corpus once
+      ─► merged_manifest: one tokenizer per used modality (else ConfigError) ─► model
+      ─► resolve_phases: budget → tokens (``tokens``, or ``optimal_fraction`` × the
+         planner's compute-optimal D for the model's N) → steps
       ─► Phase(start, steps, corpus, manifest, λ⁰) ...   loop.steps = Σ steps
 
-Budgets are in text tokens (what ``batch_tokens`` counts); a phase's steps are fixed at
+Budgets are in text tokens (what ``batch_tokens`` counts). A phase's steps are fixed at
 launch from its corpus' mean text tokens per row (truncated to ``data.seq_len``, as the
-model sees them) × rows per step at the configured
-accumulation, so the realised tokens follow the batch controller (the summary reports
-both). Without ``phases:`` the run is one phase over ``data.corpus`` with ``tuner.initial``.
+model sees them) × rows per step at the configured accumulation, so the realised tokens
+follow the batch controller (the summary reports both). Without ``phases:`` the run is
+one phase over ``data.corpus`` with ``tuner.initial``.
 """
 
 from __future__ import annotations
