@@ -42,7 +42,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"corpus:          manifest_hash {s['manifest_hash']}  ({s['corpus_seconds']:.0f} s)")
     print(f"steps:           {s['steps']}  ({s['train_seconds']:.0f} s)")
     print(f"tokens seen:     {s['tokens_seen']}")
-    print(f"loss (lm):       {s['loss_first']:.3f} -> {s['loss_last']:.3f}")
+    for name, (first, last) in s["losses"].items():  # first and last step of each objective
+        if first is not None:
+            print(f"loss ({name}):{' ' * (9 - len(name))}{first:.4g} -> {last:.4g}")
     print(f"checkpoints:     {len(s['checkpoints'])} ({', '.join(s['checkpoints'])})")
     print(f"final record:    {s['head']}")
     if s["verify_problems"]:
