@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="PNG plots and a Markdown summary of a run")
     r.add_argument("run")
-    r.add_argument("--warmup", type=int, default=10, help="steps excluded from the tuner-balance figure")
+    r.add_argument("--warmup", type=int, default=None,
+                   help="steps excluded from the tuner-balance figure (default: the run's tuner.warmup)")
     r.set_defaults(func=_cmd_report)
 
     lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)

@@ -72,8 +72,21 @@ def balance(rows: list[dict[str, Any]], after: int = 0) -> tuple[float | None, l
     return sum(x <= 2.0 for x in ratios) / len(ratios), ratios
 
 
-def write_report(run_dir: str | Path, warmup: int = 10) -> Path:
+def run_tuner_warmup(run: Path, default: int = 10) -> int:
+    """The tuner warm-up of the run's saved job config(s) (the largest, if several)."""
+    found = []
+    for p in (run / "lineage" / "configs").glob("*.json"):
+        try:
+            found.append(int(json.loads(p.read_text())["tuner"]["warmup"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return max(found) if found else default
+
+
+def write_report(run_dir: str | Path, warmup: int | None = None) -> Path:
+    """``warmup``: steps excluded from the balance figure; None = the run's tuner.warmup."""
     run = Path(run_dir)
+    warmup = run_tuner_warmup(run) if warmup is None else warmup
     rows = load_metrics(run)
     if not rows:
         raise FileNotFoundError(f"{run}/metrics.jsonl: no rows")
