@@ -50,39 +50,54 @@ def _killer(run_dir: Path, after_step: int, rank: int, done: dict) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_sigkill_worker_resumes_exactly(corpus, tmp_path):
-    steps, every = 10, 4
+def _train_with_kill(corpus: Path, tmp_path: Path, name: str, *, steps: int, every: int,
+                     workers: dict, kill_after: int, rank: int) -> tuple[dict, Path, list[dict]]:  # fmt: skip
+    """Train the tiny job on 2 workers, SIGKILL ``rank`` once step ``kill_after`` is
+    logged; returns the summary, the run folder and every metrics row (repeats kept)."""
     job = job_from_dict({
         "model": {"preset": "tiny", "vocab_size": 400},
         "data": {"corpus": str(corpus), "batch_size": 4, "seq_len": 32, "accum_steps": 1},
         "loop": {"steps": steps, "checkpoint_every": every, "log_every": 2},
-        "workers": {"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 2},
-        "run": {"name": "ft", "storage_path": str(tmp_path)},
+        "workers": {"num_workers": 2, "cpus_per_worker": 0.5, **workers},
+        "run": {"name": name, "storage_path": str(tmp_path)},
     })  # fmt: skip
-    run_dir = tmp_path / "ft"
+    run_dir = tmp_path / name
     killed: dict = {}
-    # Kill rank 1 once step 5 is logged: one checkpoint (step 4) exists, step 8 not yet.
-    t = threading.Thread(target=_killer, args=(run_dir, 5, 1, killed), daemon=True)
+    t = threading.Thread(target=_killer, args=(run_dir, kill_after, rank, killed), daemon=True)
     t.start()
     summary = train(job)
     t.join(timeout=1)
     assert killed, "the worker was never killed (run too fast?)"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, run_dir, rows
+
+
+def _cursor_per_step(rows: list[dict], steps: int) -> list[int]:
+    """Each step's data cursor; a step run in both attempts must have had the same one."""
+    by_step: dict[int, set] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], set()).add(r["cursor"])
+    assert sorted(by_step) == list(range(steps))
+    assert all(len(c) == 1 for c in by_step.values())
+    return [by_step[s].pop() for s in range(steps)]
+
+
+@pytest.mark.slow
+def test_sigkill_worker_resumes_exactly(corpus, tmp_path):
+    steps, every = 10, 4
+    # Kill rank 1 once step 5 is logged: one checkpoint (step 4) exists, step 8 not yet.
+    summary, run_dir, rows = _train_with_kill(corpus, tmp_path, "ft", steps=steps, every=every,
+                                              workers={"max_failures": 2}, kill_after=5, rank=1)  # fmt: skip
     assert summary["start_step"] == every  # resumed from the step-4 checkpoint
     assert summary["checkpoints"] == ["step_000004", "step_000008", "step_000010"]
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seen = [r["step"] for r in rows]
     assert seen[-1] == steps - 1 and set(seen) == set(range(steps))
     redone = len(seen) - steps
     assert 0 < redone <= every  # at most one checkpoint interval lost
     # Data positions: each step's cursor is the same in both attempts and advances by
     # exactly one global batch (dp 2 × 4 rows): nothing skipped, nothing repeated.
-    by_step: dict[int, set] = {}
-    for r in rows:
-        by_step.setdefault(r["step"], set()).add(r["cursor"])
-    assert all(len(c) == 1 for c in by_step.values())
-    assert [by_step[s].pop() for s in range(steps)] == [8 * (s + 1) for s in range(steps)]
+    assert _cursor_per_step(rows, steps) == [8 * (s + 1) for s in range(steps)]
     # Lineage: one linear chain of three records, verified from the files.
     assert verify_run(run_dir) == []
     recs = list((run_dir / "lineage" / "records").glob("*.json"))
@@ -94,26 +109,11 @@ def test_relaunch_after_restarts_are_spent_resumes_from_checkpoint(corpus, tmp_p
     """max_failures=0: the first kill fails the fit; the driver's relaunch (re-planned
     from the live capacity, same global batch) resumes from the latest checkpoint."""
     steps, every = 8, 3
-    job = job_from_dict({
-        "model": {"preset": "tiny", "vocab_size": 400},
-        "data": {"corpus": str(corpus), "batch_size": 4, "seq_len": 32, "accum_steps": 1},
-        "loop": {"steps": steps, "checkpoint_every": every, "log_every": 2},
-        "workers": {"num_workers": 2, "cpus_per_worker": 0.5, "max_failures": 0, "max_relaunches": 1},
-        "run": {"name": "relaunch", "storage_path": str(tmp_path)},
-    })  # fmt: skip
-    run_dir = tmp_path / "relaunch"
-    killed: dict = {}
-    t = threading.Thread(target=_killer, args=(run_dir, 4, 0, killed), daemon=True)
-    t.start()
-    summary = train(job)
-    t.join(timeout=1)
-    assert killed, "the worker was never killed (run too fast?)"
+    summary, run_dir, rows = _train_with_kill(
+        corpus, tmp_path, "relaunch", steps=steps, every=every,
+        workers={"max_failures": 0, "max_relaunches": 1}, kill_after=4, rank=0,
+    )  # fmt: skip
     assert summary["start_step"] == every  # the relaunch began at the step-3 checkpoint
     assert summary["num_workers"] == 2 and summary["checkpoints"][-1] == f"step_{steps:06d}"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    by_step: dict[int, set] = {}
-    for r in rows:
-        by_step.setdefault(r["step"], set()).add(r["cursor"])
-    assert sorted(by_step) == list(range(steps))
-    assert [by_step[s].pop() for s in range(steps)] == [8 * (s + 1) for s in range(steps)]
+    assert _cursor_per_step(rows, steps) == [8 * (s + 1) for s in range(steps)]
     assert verify_run(run_dir) == []
