@@ -75,7 +75,7 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         ckpt.load(start, model, opt, sched)
         if world_target is not None and (start / "world_target.pt").is_file():
             world_target.load_state_dict(torch.load(start / "world_target.pt"))
-        tables: dict[int, Any] = {}  # phase → its corpus in global order (a segment may cross phases)
+        tables: dict[int, Any] = {}  # phase → its corpus in global order, read when first needed
         for entry in spec["segment"]:
             phase = int(entry.get("phase", 0))
             if phase not in tables:

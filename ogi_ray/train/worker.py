@@ -210,8 +210,8 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     t_last = time.perf_counter()
 
     for step in range(start_step, job.loop.steps):
-        if phase_at(phases, step).index != ph.index:  # next phase: its corpus from row 0
-            ph, cursor = phase_at(phases, step), 0
+        if (nxt := phase_at(phases, step)).index != ph.index:  # next phase: its corpus from row 0
+            ph, cursor = nxt, 0
             stream = global_row_stream(ray.train.get_dataset_shard(dataset_key(ph.index)), g_rows, cursor)
         if step == ph.start:  # the tuner (or the fixed λ) starts from the phase's weights
             if rank == 0:
