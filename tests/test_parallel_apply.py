@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -105,8 +106,14 @@ def _free_port() -> int:
 
 
 def _entry(rank, world, port, out_dir, fn, args):
+    import faulthandler
+
     import torch.distributed as dist
 
+    # A C++ abort (gloo, std::terminate) leaves no Python traceback: faulthandler writes
+    # every thread's Python stack to this file on SIGABRT/SIGSEGV, for the failure report.
+    fault = open(Path(out_dir) / f"rank{rank}.fault", "w")  # noqa: SIM115 (open until _exit)
+    faulthandler.enable(file=fault, all_threads=True)
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
@@ -119,6 +126,23 @@ def _entry(rank, world, port, out_dir, fn, args):
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
         raise SystemExit(1) from None
+    # The result is on disk and the groups are destroyed. Skip interpreter finalization:
+    # gloo's worker threads can still hold async work whose tensors' teardown then aborts
+    # the process ("terminate called without an active exception", pytorch#179291); one
+    # CI run lost a passing pp2 rank that way.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _why(out: Path, rank: int) -> str:
+    """The failed rank's Python traceback, else its faulthandler dump (a C++ abort)."""
+    err, fault = out / f"rank{rank}.err", out / f"rank{rank}.fault"
+    if err.exists():
+        return err.read_text()
+    saved = "after" if (out / f"rank{rank}.pt").exists() else "before"
+    dump = fault.read_text() if fault.exists() else ""
+    return f"no Python exception; died {saved} saving its result\n" + (dump or "no faulthandler dump")
 
 
 def run_distributed(fn, world_size, *args, timeout=600.0):
@@ -146,8 +170,7 @@ def run_distributed(fn, world_size, *args, timeout=600.0):
                 p.terminate()
             p.join(10)
         if failed is not None:
-            err = Path(out) / f"rank{failed}.err"
-            pytest.fail(f"rank {failed} failed:\n" + (err.read_text() if err.exists() else "no traceback"))
+            pytest.fail(f"rank {failed} failed (exit code {procs[failed].exitcode}):\n" + _why(Path(out), failed))
         if alive:
             pytest.fail(f"ranks {alive} still running after {timeout:.0f} s")
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
