@@ -9,8 +9,14 @@ simple noise scale B_noise = tr(Sigma) / |G|^2. Above it, more batch buys little
 lot of compute. It is measured online, for free, from gradient norms the training loop
 already has:
 
-    |G_small|^2  squared norm of one rank's gradient (batch B_small), before the all-reduce
-    |G_big|^2    squared norm of the all-reduced gradient (batch B_big)
+    |G_small|^2  squared norm of a smaller batch's gradient (batch B_small)
+    |G_big|^2    squared norm of the step's whole gradient (batch B_big)
+
+McCandlish take B_small = one rank's batch, before the all-reduce. FSDP2 reduce-scatters
+inside backward, so a rank's full pre-reduction gradient never exists; the training loop
+(train/loop.py) therefore takes B_small = the step's first micro-batch over all dp ranks
+and B_big = all its accumulated micro-batches. The estimator is the same; the batch
+controller keeps at least 2 micro-batches per step so that both sizes exist.
 
     |G|^2     ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)     (unbiased)
     tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)                (unbiased)
@@ -129,7 +135,7 @@ class GradientNoiseScale:
         if b_big <= b_small:
             raise ValueError(
                 f"b_big must exceed b_small (got {b_big!r} <= {b_small!r}); "
-                "with one rank there is no second batch size to compare"
+                "one micro-batch per step gives no second batch size to compare"
             )
         g2 = (b_big * big_sq_norm - b_small * small_sq_norm) / (b_big - b_small)
         trace = (small_sq_norm - big_sq_norm) / (1.0 / b_small - 1.0 / b_big)
