@@ -114,6 +114,7 @@ def _worker(rank, world, init_file, mode, out_dir):
                  "placements": sorted(placements), "stats": stats}
     torch.save(roots, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+    os._exit(0)  # skip finalization: gloo can abort there (docs/ray-notes.md, torch.distributed)
 
 
 def _spawn(tmp_path, world, mode):
