@@ -202,8 +202,9 @@ def reference():
     return {"metrics": metrics, "root0": root0, "state": state, "evals": evals, "optim": osd}
 
 
-def _train_rank(rank, world, dims_t, n_micro):
-    """One rank: build the mesh, apply the layout, train STEPS steps on its dp slice."""
+def _train_rank(rank, world, dims_t, n_micro, compile=False):
+    """One rank: build the mesh, apply the layout (``compile``: torch.compile per block),
+    train STEPS steps on its dp slice."""
     from ogi_ray.parallel import apply as par
     from ogi_ray.parallel.pipeline import build_pipeline, pipeline_evaluate, pipeline_train_step
     from ogi_ray.train import loop
@@ -217,10 +218,10 @@ def _train_rank(rank, world, dims_t, n_micro):
     model, wt = _fresh(cfg)
     t0 = time.perf_counter()
     if dims.pp > 1:
-        pipe = build_pipeline(model, mesh, cfg, n_micro, torch.device("cpu"))
+        pipe = build_pipeline(model, mesh, cfg, n_micro, torch.device("cpu"), compile=compile)
         module, step_fn, target = pipe.module, pipeline_train_step, pipe
     else:
-        module = par.apply(model, mesh)
+        module = par.apply(model, mesh, compile=compile)
         step_fn, target = loop.train_step, module
     del model
     root0 = par.gather_full_state_dict(module, mesh)
@@ -251,9 +252,9 @@ def _train_rank(rank, world, dims_t, n_micro):
     torch.distributed.broadcast_object_list(box, src=0)
     fresh, _ = _fresh(cfg)
     if dims.pp > 1:
-        module2 = build_pipeline(fresh, mesh, cfg, n_micro, torch.device("cpu")).module
+        module2 = build_pipeline(fresh, mesh, cfg, n_micro, torch.device("cpu"), compile=compile).module
     else:
-        module2 = par.apply(fresh, mesh)
+        module2 = par.apply(fresh, mesh, compile=compile)
     opt2, _ = _optim(module2)
     par.load_full_state_dict(module2, box[0][0])
     par.load_full_optimizer_state(module2, opt2, box[0][1])
@@ -326,19 +327,21 @@ def _check_optim(got, want, name, worst):
 
 
 @pytest.mark.parametrize(
-    "name,dims,n_micro",
+    "name,dims,n_micro,compile",
     [
-        ("tp2", (1, 2, 1), 0),
-        ("pp2", (1, 1, 2), 4),
-        ("dp2", (2, 1, 1), 0),
-        ("dp2xtp2", (2, 2, 1), 0),
-        pytest.param("dp2xpp2", (2, 1, 2), 2, marks=pytest.mark.slow),
-        pytest.param("dp2xtp2xpp2", (2, 2, 2), 2, marks=pytest.mark.slow),
+        ("tp2", (1, 2, 1), 0, False),
+        ("pp2", (1, 1, 2), 4, False),
+        ("dp2", (2, 1, 1), 0, False),
+        ("dp2xtp2", (2, 2, 1), 0, False),
+        # device.compile on pipeline stages: each stage compiles only its own blocks.
+        pytest.param("pp2+compile", (1, 1, 2), 4, True, marks=pytest.mark.slow),
+        pytest.param("dp2xpp2", (2, 1, 2), 2, False, marks=pytest.mark.slow),
+        pytest.param("dp2xtp2xpp2", (2, 2, 2), 2, False, marks=pytest.mark.slow),
     ],
 )
-def test_layout_matches_single_process(reference, name, dims, n_micro):
+def test_layout_matches_single_process(reference, name, dims, n_micro, compile):
     world = dims[0] * dims[1] * dims[2]
-    results = run_distributed(_train_rank, world, dims, n_micro, timeout=900.0)
+    results = run_distributed(_train_rank, world, dims, n_micro, compile, timeout=900.0)
     _check(results, reference, name)
 
 

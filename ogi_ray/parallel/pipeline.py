@@ -41,7 +41,13 @@ from torch import nn
 from ogi_ray.model.config import ModelConfig
 from ogi_ray.model.objectives import representation_grad_norms
 from ogi_ray.model.transformer import MultimodalTransformer
-from ogi_ray.parallel.apply import apply_fsdp, apply_tp, clip_grad_norm_, grad_sq_norm
+from ogi_ray.parallel.apply import (
+    apply_fsdp,
+    apply_tp,
+    clip_grad_norm_,
+    compile_blocks,
+    grad_sq_norm,
+)
 from ogi_ray.parallel.device import Placement
 from ogi_ray.parallel.dims import axis_rank, axis_size
 from ogi_ray.train.loop import autocast, to_device
@@ -171,9 +177,11 @@ class Pipeline:
 
 def build_pipeline(
     model: nn.Module, mesh: Any, cfg: ModelConfig, n_microbatches: int, device: torch.device,
+    *, compile: bool = False,
 ) -> Pipeline:  # fmt: skip
     """This rank's stage of ``model`` (plain, identical on every rank) for the 3-D mesh:
-    build_stage → TP over "tp" → FSDP over "dp" → PipelineStage + Schedule1F1B over "pp".
+    build_stage → TP over "tp" → torch.compile per block (``compile``) → FSDP over "dp"
+    → PipelineStage + Schedule1F1B over "pp", the order ``apply.apply`` uses.
     ``n_microbatches`` ≥ pp (1F1B) and ≤ the rows of a step's global batch per dp rank."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
@@ -182,6 +190,8 @@ def build_pipeline(
         raise ValueError(f"n_microbatches: {n_microbatches} must be >= pp {pp_size} (1F1B)")
     module = build_stage(model, pp_rank, pp_size, device)
     apply_tp(module, mesh["tp"])
+    if compile:  # only this stage's blocks: placeholders of other stages are skipped
+        compile_blocks(module)
     if mesh.size() > 1:  # FSDP even at dp == 1: uniform DTensors, see apply.apply
         apply_fsdp(module, mesh["dp"], reshard_after_forward=False)
     pp_group = mesh["pp"].get_group()

@@ -16,7 +16,6 @@ Only this module touches ``ray.train``; the step itself is plain PyTorch (loop.p
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -44,8 +43,6 @@ from ogi_ray.train.data import collate, read_heldout, seeded_generator
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.phases import Phase, dataset_key, phase_at
 from ogi_ray.train.tuner import normalise
-
-log = logging.getLogger(__name__)
 
 
 def global_row_stream(shard: Any, rows: int, start: int) -> Iterator[Any]:
@@ -144,11 +141,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     mesh = par.build_mesh(placement.device.type, dims) if world > 1 else None
     dp_rank, dp = par.dp_rank_and_size(mesh)  # data is sharded by dp rank, not world rank
     if dims.pp > 1:
-        pipe = build_pipeline(model, mesh, mcfg, int(plan.get("microbatches") or dims.pp), placement.device)
+        pipe = build_pipeline(model, mesh, mcfg, int(plan.get("microbatches") or dims.pp), placement.device,
+                              compile=job.device.compile)  # fmt: skip
         model, stepper, step_fn, eval_fn = pipe.module, pipe, pipeline_train_step, pipeline_evaluate
         data = replace(data, accum_steps=pipe.n_microbatches)  # one micro entry per schedule micro-batch
-        if job.device.compile:
-            log.warning("device.compile is not applied to pipeline stages (pp > 1): running eager")
     else:
         model = par.apply(model, mesh, compile=job.device.compile)
         stepper, step_fn, eval_fn = model, loop.train_step, loop.evaluate
