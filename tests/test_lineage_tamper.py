@@ -241,3 +241,27 @@ def test_replay_hook_gets_consecutive_records(demo):
     problems = _verify(demo, replay=1, replay_fn=replay_fn)
     assert problems == [f"replay steps 2→4 ({head_rec['parent'][:12]}→{_head(demo)[:12]}): weights differ after replay"]
     assert any("no replay function" in p for p in _verify(demo, replay=1))
+
+
+def test_real_replay_reproduces_the_segment_and_catches_a_changed_lambda(demo):
+    """The training side's replay (train/replay.py: 2 gloo ranks under FSDP, from the step-2
+    checkpoint, the recorded data cursor and λ) reproduces the step-4 weights root bit for
+    bit; the same replay with one recorded λ doubled does not."""
+    from ogi_ray.train.replay import replay_segment
+
+    run = _run(demo)
+    notes = []
+    assert _verify(demo, replay=1, replay_fn=replay_segment, notes=notes) == []
+    head = json.loads((run / "lineage" / "records" / f"{_head(demo)}.json").read_bytes())
+    parent = json.loads((run / "lineage" / "records" / f"{head['parent']}.json").read_bytes())
+    seg = run / head["checkpoint"] / "segment.json"
+    original = seg.read_bytes()
+    entries = json.loads(original)
+    name = sorted(entries[0]["lambdas"])[0]
+    entries[0]["lambdas"][name] *= 2.0
+    seg.write_text(json.dumps(entries))
+    try:
+        problems = replay_segment(run, parent, head)
+    finally:
+        seg.write_bytes(original)
+    assert len(problems) == 1 and "differs from the record's" in problems[0], problems

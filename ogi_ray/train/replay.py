@@ -93,6 +93,10 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
             Path(result_file).write_text(json.dumps({"root": weights_root(state)}))
     finally:
         dist.destroy_process_group()
+    # The root is written and the group destroyed: leave without interpreter
+    # finalization, where gloo can abort a finished process (docs/ray-notes.md) and so
+    # fail a replay that reproduced. Errors above still propagate with their traceback.
+    os._exit(0)
 
 
 def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]) -> list[str]:
