@@ -17,6 +17,7 @@ from ogi_ray.corpus.build import build_corpus
 from ogi_ray.lineage.verify import verify_run
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.driver import train
+from ogi_ray.train.replay import replay_segment
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,12 @@ def test_sigkill_worker_resumes_exactly(corpus, tmp_path):
     # Data positions: each step's cursor is the same in both attempts and advances by
     # exactly one global batch (dp 2 × 4 rows): nothing skipped, nothing repeated.
     assert _cursor_per_step(rows, steps) == [8 * (s + 1) for s in range(steps)]
-    # Lineage: one linear chain of three records, verified from the files.
-    assert verify_run(run_dir) == []
+    # Lineage: one linear chain of three records, verified from the files, and the
+    # segment with the largest update (4→8, trained again after the kill) replayed in 2
+    # gloo ranks reproduces its recorded weights bit for bit.
+    notes: list[str] = []
+    assert verify_run(run_dir, replay=1, replay_fn=replay_segment, notes=notes) == []
+    assert any(n.startswith("replayed steps ") and n.endswith(": ok") for n in notes), notes
     recs = list((run_dir / "lineage" / "records").glob("*.json"))
     assert len(recs) == 3
 

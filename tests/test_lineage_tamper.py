@@ -1,6 +1,7 @@
 """Tampering with a real run is detected, by ``verify_run`` and by the standalone verifier.
 
-One small real run (corpus build + 4 training steps, checkpoints at 2 and 4) is copied
+One small real run (corpus build + 4 training steps on 2 pipeline stages, checkpoints at
+2 and 4) is copied
 once; each test changes the copy, verifies, and restores it. Files outside the lineage
 (metrics.jsonl, Ray's checkpoint_manager_snapshot.json, .validate_storage_marker) are not
 tampered with: docs/lineage.md lists them as not covered.
@@ -31,7 +32,10 @@ def demo(tmp_path_factory, ray_local):
     from ogi_ray.demo import run_demo
 
     out = tmp_path_factory.mktemp("lineage-tamper") / "out"
-    summary = run_demo(out, ["loop.steps=4", "loop.checkpoint_every=2"])
+    # Two pipeline stages (pp = 2): the checkpoint is still the single-process format, and
+    # the real replay below rebuilds the stages (tests/test_fault_tolerance.py replays dp = 2).
+    summary = run_demo(out, ["loop.steps=4", "loop.checkpoint_every=2", "parallel.dp=1", "parallel.tp=1",
+                             "parallel.pp=2"])  # fmt: skip
     assert summary["verify_problems"] == []
     copy = tmp_path_factory.mktemp("lineage-tamper-copy") / "out"
     shutil.copytree(out, copy)
@@ -244,9 +248,9 @@ def test_replay_hook_gets_consecutive_records(demo):
 
 
 def test_real_replay_reproduces_the_segment_and_catches_a_changed_lambda(demo):
-    """The training side's replay (train/replay.py: 2 gloo ranks under FSDP, from the step-2
-    checkpoint, the recorded data cursor and λ) reproduces the step-4 weights root bit for
-    bit; the same replay with one recorded λ doubled does not."""
+    """The training side's replay (train/replay.py: the 2 pipeline stages rebuilt in 2 gloo
+    ranks, from the step-2 checkpoint, the recorded data cursor and λ) reproduces the
+    step-4 weights root bit for bit; the same replay with one recorded λ doubled does not."""
     from ogi_ray.train.replay import replay_segment
 
     run = _run(demo)

@@ -2,9 +2,11 @@
 
     record i ─► checkpoint i (weights, optimizer, schedule, EMA target, train state)
             ─► segment.json of checkpoint i+1: per step its data cursor, λ, micro-batch count
-    world-size gloo processes (the recorded data-parallel size, 1 thread each, as trained)
-      ─► same model, same FSDP layout, rows read from the corpus shards by global position
-      ─► loop.train_step for each recorded step ─► full weights ─► Merkle root
+    world-size gloo processes (the recorded world size and threads per rank, as trained)
+      ─► same model, same (dp, tp, pp) layout built as the worker builds it, rows read
+         from the corpus shards by global position and split by dp rank
+      ─► loop.train_step (pipeline_train_step when pp > 1) for each recorded step
+      ─► full weights gathered on rank 0 ─► Merkle root
     root == record i+1's weights_root  ⇔  the segment is reproduced bit for bit
 
 On CPU the training step is deterministic for a fixed world size and thread count (no
@@ -57,6 +59,8 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         from ogi_ray.model import build
         from ogi_ray.parallel import apply as par
         from ogi_ray.parallel.device import DeviceConfig, resolve
+        from ogi_ray.parallel.dims import ParallelDims
+        from ogi_ray.parallel.pipeline import build_pipeline, pipeline_train_step
         from ogi_ray.train import checkpoint as ckpt
         from ogi_ray.train import loop
         from ogi_ray.train.config import job_from_dict
@@ -69,7 +73,18 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         torch.manual_seed(job.loop.seed)
         model = build(job.model)
         world_target = loop.make_world_target(model)
-        model = par.apply(model, par.build_mesh("cpu", world), compile=job.device.compile)
+        # The layout exactly as train/worker.py builds it (a different layout changes the
+        # order of reductions, hence the low bits).
+        dims = ParallelDims.from_plan(spec["parallel"])
+        mesh = par.build_mesh("cpu", dims) if world > 1 else None
+        dp_rank, dp = par.dp_rank_and_size(mesh)
+        if dims.pp > 1:
+            n_micro = int(spec["segment"][0]["accum"])  # the worker steps with accum = micro-batches
+            pipe = build_pipeline(model, mesh, job.model, n_micro, placement.device, compile=job.device.compile)
+            model, stepper, step_fn = pipe.module, pipe, pipeline_train_step
+        else:
+            model = par.apply(model, mesh, compile=job.device.compile)
+            stepper, step_fn = model, loop.train_step
         opt, sched = build_optimizer(model, job.optim, job.loop.steps)
         start = Path(spec["start_ckpt"])
         ckpt.load(start, model, opt, sched)
@@ -82,13 +97,13 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
                 shards = spec["shards"][str(phase)]
                 tables[phase] = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shards]).sort_by("position")
             table = tables[phase]
-            gen = seeded_generator(job.loop.seed, entry["step"], rank)
+            gen = seeded_generator(job.loop.seed, entry["step"], dp_rank)
             micro = [collate(t.to_pydict(), job.model, gen)
-                     for t in rows_for_step(table, entry["cursor"], entry["accum"], world, rank, batch)]  # fmt: skip
-            loop.train_step(model, opt, sched, micro, cfg=job.model, placement=placement,
-                            grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
-                            world_target=world_target)  # fmt: skip
-        state = ckpt.gather_model_state(model)
+                     for t in rows_for_step(table, entry["cursor"], entry["accum"], dp, dp_rank, batch)]  # fmt: skip
+            step_fn(stepper, opt, sched, micro, cfg=job.model, placement=placement,
+                    grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
+                    world_target=world_target)  # fmt: skip
+        state = par.gather_full_state_dict(model, mesh)  # the checkpoint's gather (all stages)
         if rank == 0:
             Path(result_file).write_text(json.dumps({"root": weights_root(state)}))
     finally:
@@ -116,14 +131,12 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]
     if job["device"]["device"] == "cuda":
         return [f"{where}: recorded on GPU; replay on CPU compares within {GPU_TOLERANCE} (not run here)"]
     state = json.loads((run / rec_next["checkpoint"] / "train_state.json").read_text())
-    layout = state.get("parallel") or {}
-    if int(layout.get("tp", 1)) > 1 or int(layout.get("pp", 1)) > 1:
-        return [f"{where}: replay of tensor/pipeline-parallel segments is not implemented (layout {layout})"]
     world, threads = int(state.get("world_size", 1)), int(state.get("threads", 1))
+    layout = state.get("parallel") or {"dp": world, "tp": 1, "pp": 1}  # runs before 3-D layouts
     spec = {
         "job": job, "start_ckpt": str(run / rec_i["checkpoint"]), "segment": segment,
         "shards": {str(p): shard_paths(corpus_of(job, p)) for p in {int(e.get("phase", 0)) for e in segment}},
-        "threads": threads,
+        "threads": threads, "parallel": layout,
         "batch_size": state.get("batch_size"),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
