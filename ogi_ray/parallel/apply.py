@@ -12,9 +12,9 @@ same replicated activations, so their gradients agree without communication); FS
 shards them over dp. With TP, FSDP's block parameters are 2-D DTensors (Shard(0) on dp,
 the TP placement on tp); the rest are 1-D DTensors on the dp mesh.
 
-``apply(model, mesh)`` does both for a mesh without pipeline stages. The legacy call
-``apply(model, build_mesh(device, dp))`` (1-D "dp" mesh, FSDP only) keeps working.
-Pipelines are built with ``ogi_ray.parallel.pipeline.build_pipeline``.
+``apply(model, mesh)`` does both for a 3-D mesh without pipeline stages (``build_mesh``,
+re-exported from dims.py). Pipelines are built with
+``ogi_ray.parallel.pipeline.build_pipeline``.
 """
 
 from __future__ import annotations
@@ -26,26 +26,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ogi_ray.parallel.dims import ParallelDims, axis_rank, axis_size, dp_rank_and_size
-from ogi_ray.parallel.dims import build_mesh as build_mesh_3d
+from ogi_ray.parallel.dims import ParallelDims, axis_rank, axis_size, build_mesh, dp_rank_and_size
 
 __all__ = ["ParallelDims", "apply", "apply_fsdp", "apply_tp", "build_mesh", "clip_grad_norm_",
            "dp_rank_and_size", "gather_full_optimizer_state", "gather_full_state_dict",
            "grad_sq_norm", "load_full_optimizer_state", "load_full_state_dict", "tp_plan"]  # fmt: skip
-
-
-def build_mesh(device_type: str, dims: ParallelDims | int) -> Any:
-    """The DeviceMesh for ``dims``.
-
-    ``ParallelDims`` → 3-D ("pp", "dp", "tp") mesh (every axis present, size-1 ones too).
-    ``int`` (legacy) → 1-D ("dp",) mesh of that size, or None for one process."""
-    if isinstance(dims, ParallelDims):
-        return build_mesh_3d(device_type, dims)
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return None
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh(device_type, (dims,), mesh_dim_names=("dp",))
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -116,16 +101,12 @@ def apply(model: nn.Module, mesh: Any, *, compile: bool = False) -> nn.Module:
     """Apply TP, then ``torch.compile`` per block (``compile``), then FSDP to ``model``
     in place for ``mesh``; returns the model.
 
-    mesh None (one process) → unchanged; 1-D ("dp",) → FSDP over it (the legacy path);
-    3-D from ``build_mesh(device, ParallelDims)`` with pp == 1 → TP over "tp", FSDP over
-    "dp". FSDP is applied whenever the mesh has more than one rank, even at dp == 1: it
+    mesh None (one process) → unchanged; 3-D from ``build_mesh(device, ParallelDims)``
+    with pp == 1 → TP over "tp", FSDP over "dp". FSDP is applied whenever the mesh has more than one rank, even at dp == 1: it
     then only wraps every parameter as a DTensor, which keeps the optimizer's and the
     clipping's tensors uniformly DTensors (plain tensors beside TP DTensors are not)."""
     if mesh is None:
         return compile_blocks(model) if compile else model
-    names = tuple(mesh.mesh_dim_names or ())
-    if names == ("dp",):
-        return apply_fsdp(compile_blocks(model) if compile else model, mesh)
     if axis_size(mesh, "pp") > 1:
         raise ValueError("apply: the mesh has pp > 1; build stages with "
                          "ogi_ray.parallel.pipeline.build_pipeline instead")  # fmt: skip

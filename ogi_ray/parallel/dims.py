@@ -81,5 +81,5 @@ def axis_rank(mesh: Any, axis: str) -> int:
 
 def dp_rank_and_size(mesh: Any) -> tuple[int, int]:
     """(dp_rank, dp_size) for slicing data: ranks that differ only in tp/pp get the same
-    rows. Works for the 3-D mesh, the legacy 1-D ("dp",) mesh and None (one process)."""
+    rows. Works for the 3-D mesh and None (one process)."""
     return axis_rank(mesh, "dp"), axis_size(mesh, "dp")
