@@ -102,9 +102,10 @@ def apply(model: nn.Module, mesh: Any, *, compile: bool = False) -> nn.Module:
     in place for ``mesh``; returns the model.
 
     mesh None (one process) → unchanged; 3-D from ``build_mesh(device, ParallelDims)``
-    with pp == 1 → TP over "tp", FSDP over "dp". FSDP is applied whenever the mesh has more than one rank, even at dp == 1: it
-    then only wraps every parameter as a DTensor, which keeps the optimizer's and the
-    clipping's tensors uniformly DTensors (plain tensors beside TP DTensors are not)."""
+    with pp == 1 → TP over "tp", FSDP over "dp". FSDP is applied whenever the mesh has
+    more than one rank, even at dp == 1: it then only wraps every parameter as a DTensor,
+    which keeps the optimizer's and the clipping's tensors uniformly DTensors (plain
+    tensors beside TP DTensors are not)."""
     if mesh is None:
         return compile_blocks(model) if compile else model
     if axis_size(mesh, "pp") > 1:

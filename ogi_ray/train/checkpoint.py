@@ -24,17 +24,6 @@ from ogi_ray.lineage.merkle import merkle_root, tensor_leaves
 WEIGHTS_FILE = "model.safetensors"
 
 
-def _sd_options(**kw: Any) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
-
-
-def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    return get_model_state_dict(model, options=_sd_options())
-
 
 def rng_state() -> dict[str, Any]:
     """JSON-serialisable RNG states (torch CPU, numpy, python) of this process."""
