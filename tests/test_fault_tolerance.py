@@ -100,8 +100,8 @@ def test_sigkill_worker_resumes_exactly(corpus, tmp_path):
     # exactly one global batch (dp 2 × 4 rows): nothing skipped, nothing repeated.
     assert _cursor_per_step(rows, steps) == [8 * (s + 1) for s in range(steps)]
     # Lineage: one linear chain of three records, verified from the files, and the
-    # segment with the largest update (4→8, trained again after the kill) replayed in 2
-    # gloo ranks reproduces its recorded weights bit for bit.
+    # segment with the largest update (every segment was trained after the resume from
+    # step 4) replayed in 2 gloo ranks reproduces its recorded weights bit for bit.
     notes: list[str] = []
     assert verify_run(run_dir, replay=1, replay_fn=replay_segment, notes=notes) == []
     assert any(n.startswith("replayed steps ") and n.endswith(": ok") for n in notes), notes
