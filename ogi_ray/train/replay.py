@@ -60,12 +60,12 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         from ogi_ray.parallel import apply as par
         from ogi_ray.parallel.device import DeviceConfig, resolve
         from ogi_ray.parallel.dims import ParallelDims
-        from ogi_ray.parallel.pipeline import build_pipeline, pipeline_train_step
         from ogi_ray.train import checkpoint as ckpt
         from ogi_ray.train import loop
         from ogi_ray.train.config import job_from_dict
         from ogi_ray.train.data import COLUMNS, collate, seeded_generator
         from ogi_ray.train.optim import build_optimizer
+        from ogi_ray.train.stepper import build_stepper
 
         job = job_from_dict(spec["job"])
         batch = int(spec["batch_size"] or job.data.batch_size)
@@ -73,18 +73,12 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         torch.manual_seed(job.loop.seed)
         model = build(job.model)
         world_target = loop.make_world_target(model)
-        # The layout exactly as train/worker.py builds it (a different layout changes the
-        # order of reductions, hence the low bits).
-        dims = ParallelDims.from_plan(spec["parallel"])
-        mesh = par.build_mesh("cpu", dims) if world > 1 else None
+        # The layout built by the worker's own builder (another layout reduces in another
+        # order, hence other low bits). Under pp the worker steps with accum = micro-batches.
+        layout = build_stepper(model, ParallelDims.from_plan(spec["parallel"]), job.model, placement.device,
+                               n_microbatches=int(spec["segment"][0]["accum"]), compile=job.device.compile)  # fmt: skip
+        mesh, model = layout.mesh, layout.module
         dp_rank, dp = par.dp_rank_and_size(mesh)
-        if dims.pp > 1:
-            n_micro = int(spec["segment"][0]["accum"])  # the worker steps with accum = micro-batches
-            pipe = build_pipeline(model, mesh, job.model, n_micro, placement.device, compile=job.device.compile)
-            model, stepper, step_fn = pipe.module, pipe, pipeline_train_step
-        else:
-            model = par.apply(model, mesh, compile=job.device.compile)
-            stepper, step_fn = model, loop.train_step
         opt, sched = build_optimizer(model, job.optim, job.loop.steps)
         start = Path(spec["start_ckpt"])
         ckpt.load(start, model, opt, sched)
@@ -100,9 +94,9 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
             gen = seeded_generator(job.loop.seed, entry["step"], dp_rank)
             micro = [collate(t.to_pydict(), job.model, gen)
                      for t in rows_for_step(table, entry["cursor"], entry["accum"], dp, dp_rank, batch)]  # fmt: skip
-            step_fn(stepper, opt, sched, micro, cfg=job.model, placement=placement,
-                    grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
-                    world_target=world_target)  # fmt: skip
+            layout.step(layout.target, opt, sched, micro, cfg=job.model, placement=placement,
+                        grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
+                        world_target=world_target)  # fmt: skip
         state = par.gather_full_state_dict(model, mesh)  # the checkpoint's gather (all stages)
         if rank == 0:
             Path(result_file).write_text(json.dumps({"root": weights_root(state)}))

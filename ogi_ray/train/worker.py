@@ -1,7 +1,8 @@
 """The Ray boundary of training: ``train_func(config)`` runs once per Ray Train worker.
 
     config dict ─► JobConfig ─► placement (device/backend) ─► plain model
-      ─► parallel.apply(model, mesh) ─► AdamW + schedule ─► resume from Ray's checkpoint
+      ─► stepper.build_stepper (parallel.apply, or pipeline stages when pp > 1) ─► AdamW
+         + schedule ─► resume from Ray's checkpoint
       ─► each step: k global micro-batches from the phase's corpus stream (every dp rank
          sees the same global order and takes its slice: the data cursor is a global row
          number); at a phase's first step the tuner restarts from the phase's λ
@@ -34,7 +35,6 @@ from ogi_ray.model import build
 from ogi_ray.parallel import apply as par
 from ogi_ray.parallel.device import peak_flops, resolve
 from ogi_ray.parallel.dims import axis_rank
-from ogi_ray.parallel.pipeline import build_pipeline, pipeline_evaluate, pipeline_train_step
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.train import checkpoint as ckpt
 from ogi_ray.train import loop
@@ -42,6 +42,7 @@ from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import collate, read_heldout, seeded_generator
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.phases import Phase, dataset_key, phase_at
+from ogi_ray.train.stepper import build_stepper
 from ogi_ray.train.tuner import normalise
 
 
@@ -138,16 +139,12 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     model = build(mcfg).to(placement.device)
     world_target = loop.make_world_target(model)  # from the full model, before any split
     flops_per_token = model.flops_per_token()  # here: a pipeline stage lacks parts
-    mesh = par.build_mesh(placement.device.type, dims) if world > 1 else None
+    layout = build_stepper(model, dims, mcfg, placement.device, n_microbatches=int(plan.get("microbatches") or dims.pp),
+                           compile=job.device.compile)  # fmt: skip
+    mesh, model, stepper, step_fn, eval_fn = layout.mesh, layout.module, layout.target, layout.step, layout.evaluate
     dp_rank, dp = par.dp_rank_and_size(mesh)  # data is sharded by dp rank, not world rank
-    if dims.pp > 1:
-        pipe = build_pipeline(model, mesh, mcfg, int(plan.get("microbatches") or dims.pp), placement.device,
-                              compile=job.device.compile)  # fmt: skip
-        model, stepper, step_fn, eval_fn = pipe.module, pipe, pipeline_train_step, pipeline_evaluate
-        data = replace(data, accum_steps=pipe.n_microbatches)  # one micro entry per schedule micro-batch
-    else:
-        model = par.apply(model, mesh, compile=job.device.compile)
-        stepper, step_fn, eval_fn = model, loop.train_step, loop.evaluate
+    if layout.n_microbatches:
+        data = replace(data, accum_steps=layout.n_microbatches)  # one micro entry per schedule micro-batch
     # Tokens are counted once per dp replica (tp and pp ranks see the same rows).
     counts_tokens = mesh is None or (axis_rank(mesh, "tp") == 0 and axis_rank(mesh, "pp") == 0)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
