@@ -24,8 +24,9 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 LINEAGE_NAMES = re.compile(r"(records|manifests|configs)/[0-9a-f]{64}\.json|signatures/[0-9a-f]{64}\.sig|HEAD")
 RECORD_KEYS_V1 = {"schema", "run", "step", "parent", "checkpoint", "weights_root", "weights_hash",
                   "weights_file", "manifest_hash", "config_hash", "data_cursor", "rng", "eval"}
-RECORD_KEYS = {1: RECORD_KEYS_V1, 2: RECORD_KEYS_V1 | {"files"}}
-RECORD_TYPES = {"step": int, "files": dict, "data_cursor": dict, "eval": dict}
+RECORD_KEYS = {1: RECORD_KEYS_V1, 2: RECORD_KEYS_V1 | {"files"}, 3: RECORD_KEYS_V1 | {"files", "weights_format"}}
+RECORD_TYPES = {"step": int, "files": dict, "data_cursor": dict, "eval": dict, "weights_format": str}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 RECORD_TYPES.update({k: str for k in RECORD_KEYS_V1 - {"schema", "step", "data_cursor", "eval"}})
 
 
@@ -120,6 +121,90 @@ def safetensors_leaves(raw: bytes) -> list:
     return out
 
 
+def safetensors_header(raw: bytes) -> tuple:
+    """(header dict, data area) of a safetensors file, tiling checked; raises ValueError."""
+    if len(raw) < 8:
+        raise ValueError("truncated")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise ValueError("header runs past the end")
+    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    pos = 0
+    for start, end in sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"):
+        if start != pos:
+            raise ValueError("gap or overlap in the data area")
+        pos = end
+    if pos != len(body):
+        raise ValueError("bytes after the last tensor")
+    return header, body
+
+
+def sharded_tensors(folder: str) -> dict:
+    """name -> (dtype, logical shape, [(offset, shape, bytes)]) of a sharded weights folder:
+    every *.safetensors file, each piece placed by DCP_SHARDING_INFO; raises ValueError."""
+    tensors = {}
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and not f.startswith("."))
+    if not files:
+        raise ValueError("no shard files")
+    for f in files:
+        header, body = safetensors_header(read(os.path.join(folder, f)))
+        offsets = json.loads((header.get("__metadata__") or {})["DCP_SHARDING_INFO"])
+        names = {k for k in header if k != "__metadata__"}
+        if set(offsets) != names:
+            raise ValueError(f"{f}: DCP_SHARDING_INFO does not list exactly the file's tensors")
+        for name in names:
+            info, off = header[name], [int(x) for x in offsets[name]["saved_offsets"]]
+            start, end = info["data_offsets"]
+            if len(off) != len(info["shape"]) or end - start != ITEMSIZE[info["dtype"]] * math.prod(info["shape"]):
+                raise ValueError(f"{f}: tensor {name!r} has a malformed entry")
+            dt, _, pieces = tensors.setdefault(name, (info["dtype"], None, []))
+            if dt != info["dtype"]:
+                raise ValueError(f"tensor {name!r}: dtypes differ between shards")
+            pieces.append((off, info["shape"], body[start:end]))
+    out = {}
+    for name, (dt, _, pieces) in tensors.items():
+        shape = [max(o[d] + s[d] for o, s, _ in pieces) for d in range(len(pieces[0][1]))]
+        if sum(math.prod(s) for _, s, _ in pieces) != math.prod(shape) or any(
+            all(a[0][d] < b[0][d] + b[1][d] and b[0][d] < a[0][d] + a[1][d] for d in range(len(shape)))
+            for i, a in enumerate(pieces) for b in pieces[i + 1:] if math.prod(a[1]) and math.prod(b[1])
+        ):
+            raise ValueError(f"tensor {name!r}: pieces do not tile {shape} exactly")
+        out[name] = (dt, shape, pieces)
+    return out
+
+
+def assemble(dtype: str, shape: list, pieces: list) -> bytes:
+    """The logical tensor's C-order bytes from its pieces (one row run at a time)."""
+    size = ITEMSIZE[dtype]
+    full = bytearray(size * math.prod(shape))
+    strides = [size * math.prod(shape[d + 1:]) for d in range(len(shape))]
+    for off, pshape, data in pieces:
+        if not shape:
+            full[:] = data
+            continue
+        run = size * pshape[-1]  # one contiguous run along the last dimension
+        for k in range(math.prod(pshape[:-1])):
+            idx, rest = [], k
+            for d in reversed(pshape[:-1]):
+                idx.append(rest % d)
+                rest //= d
+            idx = idx[::-1]
+            dst = sum((off[d] + idx[d]) * strides[d] for d in range(len(shape) - 1)) + off[-1] * size
+            full[dst:dst + run] = data[k * run:(k + 1) * run]
+    return bytes(full)
+
+
+def weight_leaves(path: str, fmt: str) -> list:
+    """[(name, dtype, shape, leaf)] of a record's weights (a file, or a shard folder)."""
+    if fmt == "safetensors":
+        return safetensors_leaves(read(path))
+    out = []
+    for name, (dt, shape, pieces) in sorted(sharded_tensors(path).items(), key=lambda kv: kv[0].encode("utf-8")):
+        pre = b"\x00" + name.encode("utf-8") + b"\x00" + dt.encode() + b"\x00" + ",".join(map(str, shape)).encode() + b"\x00"
+        out.append((name, dt, shape, hashlib.sha256(pre + assemble(dt, shape, pieces)).digest()))
+    return out
+
+
 def tree(leaves: list) -> list:
     levels = [list(leaves)] if leaves else [[hashlib.sha256(b"").digest()]]
     while len(levels[-1]) > 1:
@@ -184,8 +269,11 @@ def check_checkpoint(run: str, h: str, rec: dict, manifests: dict, configs: dict
     if rec["manifest_hash"] not in manifests or rec["config_hash"] not in configs:
         problems.append(f"{where}: its manifest or config is missing from lineage/")
     wpath = os.path.join(ck, rec["weights_file"])
+    fmt = rec.get("weights_format", "safetensors")
     try:
-        leaves = safetensors_leaves(read(wpath))
+        if fmt not in ("safetensors", "safetensors-sharded-v1"):
+            raise ValueError(f"unknown weights_format {fmt!r}")
+        leaves = weight_leaves(wpath, fmt)
     except (OSError, ValueError, KeyError, TypeError) as e:
         problems.append(f"{where}: {wpath}: {e}")
         leaves = None
@@ -265,7 +353,7 @@ def verify(run: str, corpus: str | None = None) -> list:
         if not isinstance(rec, dict) or set(rec) != RECORD_KEYS.get(rec.get("schema"), set()) or not all(
             isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in RECORD_TYPES.items() if k in rec
         ):
-            problems.append(f"{rpath}: not a schema 1/2 record")
+            problems.append(f"{rpath}: not a schema 1/2/3 record")
             break
         if cbytes(rec) != raw:
             problems.append(f"{rpath}: not canonical JSON")
@@ -310,18 +398,29 @@ def explain(run: str, step: int, tensor: str) -> None:
         h = rec["parent"]
     else:
         raise SystemExit(f"no record at step {step}")
-    raw = read(os.path.join(run, rec["checkpoint"], rec["weights_file"]))
-    (n,) = struct.unpack("<Q", raw[:8])
-    info = json.loads(raw[8:8 + n])[tensor]
-    s, e = info["data_offsets"]
-    data = raw[8 + n + s:8 + n + e]
+    wpath = os.path.join(run, rec["checkpoint"], rec["weights_file"])
+    print(f"record {h} (step {step}), weights_root {rec['weights_root']}")
+    if rec.get("weights_format", "safetensors") == "safetensors":
+        raw = read(wpath)
+        (n,) = struct.unpack("<Q", raw[:8])
+        info = json.loads(raw[8:8 + n])[tensor]
+        s, e = info["data_offsets"]
+        data = raw[8 + n + s:8 + n + e]
+        print(f"file {rec['checkpoint']}/{rec['weights_file']}: header length {n}, tensor {tensor!r} {info}")
+        print(f"data bytes [{8 + n + s}, {8 + n + e}) of the file, first 16: {data[:16].hex()}")
+        leaves = safetensors_leaves(raw)
+    else:
+        dt, shape, pieces = sharded_tensors(wpath)[tensor]
+        info = {"dtype": dt, "shape": shape}
+        print(f"folder {rec['checkpoint']}/{rec['weights_file']}: tensor {tensor!r} {info} in {len(pieces)} piece(s)")
+        for off, pshape, _ in pieces:
+            print(f"  piece at offset {off}, shape {pshape}")
+        data = assemble(dt, shape, pieces)
+        print(f"assembled data, first 16 bytes: {data[:16].hex()}")
+        leaves = weight_leaves(wpath, "safetensors-sharded-v1")
     pre = b"\x00" + tensor.encode() + b"\x00" + info["dtype"].encode() + b"\x00" + ",".join(map(str, info["shape"])).encode() + b"\x00"
-    leaves = safetensors_leaves(raw)
     i = [x[0] for x in leaves].index(tensor)
     levels = tree([x[3] for x in leaves])
-    print(f"record {h} (step {step}), weights_root {rec['weights_root']}")
-    print(f"file {rec['checkpoint']}/{rec['weights_file']}: header length {n}, tensor {tensor!r} {info}")
-    print(f"data bytes [{8 + n + s}, {8 + n + e}) of the file, first 16: {data[:16].hex()}")
     if info["dtype"] == "F32" and len(data) >= 16:
         print(f"  as little-endian float32: {struct.unpack('<4f', data[:16])}")
     print(f"leaf prefix (hex): {pre.hex()}")

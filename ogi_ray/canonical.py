@@ -93,9 +93,15 @@ def hash_canonical(obj: Any) -> str:
     return sha256_hex(canonical_json(obj))
 
 
-def file_sha256(path: Any, chunk: int = 1 << 20) -> str:
+def stream_sha256(f: Any, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex of everything left in the readable binary stream ``f``."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: Any) -> str:
+    """SHA-256 hex of a local file (URIs: ``ogi_ray.storage.Store.sha256``)."""
+    with open(path, "rb") as f:
+        return stream_sha256(f)

@@ -88,11 +88,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ogi_ray.lineage.verify import find_run_dir
+    from ogi_ray.lineage.verify import run_store
     from ogi_ray.train.report import write_report
 
-    out = write_report(find_run_dir(args.run), warmup=args.warmup)
-    print(out.read_text())
+    run = run_store(args.run)
+    out = write_report(run, warmup=args.warmup)
+    print(run.read_text("report.md"))
     print(f"written: {out} and its PNG plots")
     return 0
 

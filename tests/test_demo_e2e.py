@@ -8,6 +8,8 @@ import pytest
 
 from ogi_ray.cli import main
 from ogi_ray.demo import run_demo
+from ogi_ray.storage import Store
+from ogi_ray.train.metrics_log import read_rows
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def test_demo_trains_and_chains(demo_run):
     assert s["checkpoints"] == ["step_000003", "step_000006"]
     assert s["tokens_seen"] > 0 and s["loss_first"] > 0
     run = out / "train" / "demo"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(Store(run))
     assert [r["step"] for r in rows] == list(range(6))
     assert all(r["grad_norm"] > 0 for r in rows)
     # All five objectives train on the demo corpus (code, photos, video, robot demos).
@@ -53,11 +55,11 @@ def test_cli_verify_accepts_then_rejects_flipped_weight(demo_run, tmp_path, caps
     assert main(["lineage", "verify", str(out)]) == 0
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    weights = copy / "train" / "demo" / "step_000003" / "model.safetensors"
+    weights = copy / "train" / "demo" / "step_000003" / "model" / "shard-00002-model-00001-of-00001.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     weights.write_bytes(bytes(raw))
     capsys.readouterr()
     assert main(["lineage", "verify", str(copy)]) == 1
     err = capsys.readouterr().err
-    assert "step 3" in err and "model.safetensors" in err
+    assert "step 3" in err and "shard-00002-model-00001-of-00001.safetensors" in err

@@ -1,5 +1,5 @@
-"""Record storage through pyarrow.fs (local path and file:// URI), checkpoint file hashes,
-and the LineageRegistry as a real, restarted Ray actor."""
+"""Record storage through pyarrow.fs (local path, file:// URI, and S3 on localhost),
+checkpoint file hashes, and the LineageRegistry as a real, restarted Ray actor."""
 
 import hashlib
 import json
@@ -9,14 +9,13 @@ from _actors import actor_pid, kill_and_wait_restart
 
 from ogi_ray.lineage.record import (
     RecordError,
-    atomic_write,
     checkpoint_files,
     make_record,
     read_head,
     read_record,
 )
 from ogi_ray.lineage.registry import LineageRegistry
-from ogi_ray.lineage.store import Store
+from ogi_ray.storage import Store
 
 
 def _fields(step, parent, files=True):
@@ -68,9 +67,26 @@ def test_fork_needs_flag_and_a_stored_parent(tmp_path):
     assert reg.get_head() == h3 != h2
 
 
+def test_registry_on_s3_writes_records_then_head_and_no_temporaries(s3_server):
+    """On an object store there is no rename: records (content-addressed) are put under
+    their final keys directly and HEAD last, each one PUT; nothing temporary is left."""
+    where = f"{s3_server.bucket('reg')}/run/lineage"
+    reg = LineageRegistry(where)
+    h1 = reg.append(_fields(2, ""))
+    h2 = reg.append(_fields(4, h1))
+    keys = [k.split("/lineage/", 1)[1] for k in s3_server.keys(where)]
+    assert sorted(keys) == sorted(["HEAD", f"records/{h1}.json", f"records/{h2}.json"])
+    assert LineageRegistry(where).get_head() == h2 == read_head(where)
+    assert read_record(where, h1)["step"] == 2
+
+
 def test_schema_1_still_accepted_and_bad_fields_rejected():
     rec = make_record(**_fields(1, "", files=False))
     assert rec["schema"] == 1 and "files" not in rec
+    sharded = make_record(**_fields(1, ""), weights_format="safetensors-sharded-v1")
+    assert sharded["schema"] == 3
+    with pytest.raises(RecordError, match="weights_format"):
+        make_record(**_fields(1, ""), weights_format="pickle")
     for bad in ({"weights_root": "AB" * 32}, {"eval": {"lm": "1,5"}}, {"parent": "x"},
                 {"files": {"../etc/passwd": "00" * 32}}, {"files": {"lineage.json": "00" * 32}},
                 {"files": {"optim.pt": "zz"}}):
@@ -97,8 +113,6 @@ def test_store_atomic_write_and_listing(tmp_path):
     (tmp_path / "a" / ".hidden").write_bytes(b"")
     assert s.read_bytes("a/b.json") == b"22"
     assert s.list_files("a") == ["b.json"] and s.list_files("missing") == []
-    atomic_write(tmp_path / "c" / "HEAD", b"x\n")
-    assert (tmp_path / "c" / "HEAD").read_bytes() == b"x\n"
     with pytest.raises(FileNotFoundError):
         s.read_bytes("nope")
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from ogi_ray.lineage.registry import LineageRegistry
-from ogi_ray.lineage.store import Store
+from ogi_ray.storage import Store
 
 crypto = pytest.importorskip("cryptography")
 

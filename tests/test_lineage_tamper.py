@@ -1,10 +1,10 @@
 """Tampering with a real run is detected, by ``verify_run`` and by the standalone verifier.
 
 One small real run (corpus build + 4 training steps on 2 pipeline stages, checkpoints at
-2 and 4) is copied
-once; each test changes the copy, verifies, and restores it. Files outside the lineage
-(metrics.jsonl, Ray's checkpoint_manager_snapshot.json, .validate_storage_marker) are not
-tampered with: docs/lineage.md lists them as not covered.
+2 and 4, each rank writing its own weight and optimizer shards) is copied once; each test
+changes the copy, verifies, and restores it. Files outside the lineage (metrics/, Ray's
+checkpoint_manager_snapshot.json, .validate_storage_marker) are not tampered with:
+docs/lineage.md lists them as not covered.
 """
 
 import hashlib
@@ -32,8 +32,8 @@ def demo(tmp_path_factory, ray_local):
     from ogi_ray.demo import run_demo
 
     out = tmp_path_factory.mktemp("lineage-tamper") / "out"
-    # Two pipeline stages (pp = 2): the checkpoint is still the single-process format, and
-    # the real replay below rebuilds the stages (tests/test_fault_tolerance.py replays dp = 2).
+    # Two pipeline stages (pp = 2): each stage's rank writes the shards of its own tensors,
+    # and the real replay below rebuilds the stages (tests/test_fault_tolerance.py: dp = 2).
     summary = run_demo(out, ["loop.steps=4", "loop.checkpoint_every=2", "parallel.dp=1", "parallel.tp=1",
                              "parallel.pp=2"])  # fmt: skip
     assert summary["verify_problems"] == []
@@ -90,8 +90,11 @@ def test_untouched_copy_verifies_in_both_verifiers(demo):
     assert _standalone().verify(str(_run(demo)), str(demo / "corpus")) == []
 
 
+SHARD = "shard-{:05d}-model-00001-of-00001.safetensors"
+
+
 def test_records_cover_every_checkpoint_file(demo):
-    """Needs worker.py to pass files=checkpoint_files(tmp) (schema 2 records)."""
+    """Every rank's shards and rank 0's small files are in the record's ``files``."""
     run = _run(demo)
     h = _head(demo)
     while h:
@@ -99,16 +102,22 @@ def test_records_cover_every_checkpoint_file(demo):
         ck = run / rec["checkpoint"]
         expect = {p.relative_to(ck).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                   for p in ck.rglob("*") if p.is_file() and p.name != "lineage.json"}
-        assert rec["schema"] == 2 and rec.get("files") == expect
-        assert {"model.safetensors", "optim.pt", "train_state.json", "leaves.json"} <= set(expect)
+        assert rec["schema"] == 3 and rec["weights_format"] == "safetensors-sharded-v1"
+        assert rec.get("files") == expect
+        shards = {f"{d}/{SHARD.format(r)}" for d in ("model", "optim") for r in (1, 2)}  # 2 stages
+        assert shards | {"train_state.json", "leaves.json", "segment.json"} <= set(expect)
         h = rec["parent"]
 
 
-def _tensor_offset(path, name):
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    start, _ = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
-    return 8 + n + start
+def _piece(ck, name):
+    """(shard file, absolute byte offset) of the first piece of tensor ``name``."""
+    for path in sorted((ck / "model").glob("*.safetensors")):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+        if name in header:
+            return path, 8 + n + header[name]["data_offsets"][0]
+    raise KeyError(name)
 
 
 @pytest.mark.parametrize("target", ["weights", "manifest copy", "corpus shard", "corpus manifest",
@@ -117,13 +126,14 @@ def test_one_changed_byte_fails_and_names_the_file(demo, target):
     run = _run(demo)
     ck = run / "step_000002"
     lin = run / "lineage"
+    wpath, woff = _piece(ck, "norm.weight")
     path, offset, expect = {
-        "weights": (ck / "model.safetensors", _tensor_offset(ck / "model.safetensors", "norm.weight") + 1, "'norm.weight'"),
+        "weights": (wpath, woff + 1, "'norm.weight'"),
         "manifest copy": (next((lin / "manifests").iterdir()), 40, "manifests/"),
         "corpus shard": (demo / "corpus" / "shards" / "part-00001.parquet", 5000, "part-00001.parquet"),
         "corpus manifest": (demo / "corpus" / "manifest.json", 30, "manifest.json"),
         "record": (next((lin / "records").iterdir()), 30, "records/"),
-        "optim": (ck / "optim.pt", 1000, "optim.pt"),
+        "optim": (ck / "optim" / SHARD.format(1), 1000, SHARD.format(1)),
         "train_state": (ck / "train_state.json", 3, "train_state.json"),
         "config": (next((lin / "configs").iterdir()), 10, "configs/"),
         "HEAD": (lin / "HEAD", 0, "HEAD"),
@@ -161,12 +171,12 @@ def test_reordered_or_deleted_records_fail(demo):
         assert any("missing (chain broken" in p for p in problems), problems
     finally:
         first.with_suffix(".bak").rename(first)
-    optim = _run(demo) / "step_000004" / "optim.pt"
-    optim.rename(optim.with_suffix(".bak"))
+    optim = _run(demo) / "step_000004" / "optim" / SHARD.format(2)
+    optim.rename(optim.with_name(".bak"))
     try:
-        assert any("optim.pt is missing" in p for p in _verify(demo))
+        assert any(f"optim/{SHARD.format(2)} is missing" in p for p in _verify(demo))
     finally:
-        optim.with_suffix(".bak").rename(optim)
+        optim.with_name(".bak").rename(optim)
     assert _verify(demo) == []
 
 
@@ -214,20 +224,18 @@ def test_prove_one_tensor_against_the_record(demo):
     run = _run(demo)
     proof = prove(run, 4, "norm.weight")
     assert proof["ok"] and check_proof(proof)
-    # The leaf by hand from the file's bytes: 0x00 name 0x00 dtype 0x00 shape 0x00 data.
-    raw = (run / "step_000004" / "model.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    info = json.loads(raw[8 : 8 + n])["norm.weight"]
-    s, e = info["data_offsets"]
-    pre = b"\x00norm.weight\x00" + info["dtype"].encode() + b"\x00" + ",".join(map(str, info["shape"])).encode() + b"\x00"
-    assert proof["leaf"] == hashlib.sha256(pre + raw[8 + n + s : 8 + n + e]).hexdigest()
+    # The leaf by hand from the shard bytes the proof points at (a 1-D tensor: its pieces
+    # concatenated in offset order): 0x00 name 0x00 dtype 0x00 shape 0x00 data.
+    data = b"".join((run / p["file"]).read_bytes()[p["bytes"][0] : p["bytes"][1]]
+                    for p in sorted(proof["pieces"], key=lambda p: p["offset"]))  # fmt: skip
+    pre = b"\x00norm.weight\x00" + proof["dtype"].encode() + b"\x00" + ",".join(map(str, proof["shape"])).encode() + b"\x00"
+    assert proof["leaf"] == hashlib.sha256(pre + data).hexdigest()
     rec = json.loads((run / "lineage" / "records" / f"{proof['record_hash']}.json").read_bytes())
     assert proof["root"] == rec["weights_root"] and rec["step"] == 4
     bad = dict(proof, leaf=hashlib.sha256(b"x").hexdigest())
     assert not check_proof(bad)
-    # Another tensor changed in the file: the proof no longer reaches the record's root.
-    off = _tensor_offset(run / "step_000004" / "model.safetensors", "tok_embed.weight")
-    with flipped(run / "step_000004" / "model.safetensors", off):
+    # Another tensor changed in its shard: the proof no longer reaches the record's root.
+    with flipped(*_piece(run / "step_000004", "tok_embed.weight")):
         assert not prove(run, 4, "norm.weight")["ok"]
 
 

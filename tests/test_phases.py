@@ -19,8 +19,10 @@ from ogi_ray.corpus.build import build_corpus
 from ogi_ray.corpus.manifest import load_manifest
 from ogi_ray.lineage.verify import verify_run
 from ogi_ray.scaling.law import PRESETS
+from ogi_ray.storage import Store
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.driver import train
+from ogi_ray.train.metrics_log import read_rows
 from ogi_ray.train.phases import Phase, merged_manifest, phase_at
 from ogi_ray.train.report import run_tuner_warmup, write_report
 from ogi_ray.train.schedule import lr_at
@@ -111,10 +113,9 @@ def test_reused_tokenizer_is_the_same_and_a_missing_one_is_named(corpora):
 
 def _kill_tuner_when(ray, run_dir: Path, after_step: int, out: dict) -> None:
     """Kill the run's tuner actor (Ray restarts it) once ``after_step`` is logged."""
-    metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) > after_step:
+        if len(read_rows(Store(run_dir))) > after_step:
             names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["name"].startswith("ogi-tuner-")]  # fmt: skip
             if names:
@@ -161,7 +162,7 @@ def test_two_phases_continue_schedule_cursor_lineage_and_survive_tuner_kill(ray_
     assert [(p["name"], p["start"], p["steps"]) for p in summary["phases"]] == [("code", 0, 4), ("mm", 4, b_steps)]
     assert summary["phases"][1]["token_budget"] == budget and summary["phases"][1]["tokens"] > 0
 
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_rows(Store(run_dir))
     assert [r["step"] for r in rows] == list(range(total))  # the tuner kill cost no step
     assert [r["phase"] for r in rows] == [0] * 4 + [1] * b_steps
     # One schedule over both phases.
@@ -190,9 +191,9 @@ def test_two_phases_continue_schedule_cursor_lineage_and_survive_tuner_kill(ray_
     assert sum("manifest and" in n for n in notes) == 2, notes  # both corpora's shards checked
 
     # `ogi report`: the plots, and the phase boundary and loss table in the summary.
-    md = write_report(run_dir).read_text()
+    md = Path(write_report(run_dir)).read_text()
     assert "phase 1 from step 4" in md and "| lm |" in md
-    assert run_tuner_warmup(run_dir) == 1  # the balance figure skips the run's own warm-up
+    assert run_tuner_warmup(Store(run_dir)) == 1  # the balance figure skips the run's own warm-up
     for png in ("losses", "lambdas", "gradnorms", "lr", "batch", "throughput"):
         assert (run_dir / f"{png}.png").stat().st_size > 1000, png
 

@@ -104,21 +104,22 @@ def leaves_from_safetensors(path: str | Path | bytes) -> list[tuple[str, bytes]]
     return [(name, leaf_hash(name, dt, shape, data)) for name, dt, shape, data in read_safetensors(raw, where)]
 
 
-def read_safetensors(raw: bytes, where: str = "safetensors") -> list[tuple[str, str, list[int], memoryview]]:
-    """(name, dtype, shape, data) of every tensor, name-sorted, checking the header: offsets
-    in range, tensors tiling the data area exactly (no unhashed gap or trailing bytes)."""
-    if len(raw) < 8:
-        raise ValueError(f"{where}: truncated safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise ValueError(f"{where}: header length {n} runs past the end of the file")
+def parse_header(raw: bytes | memoryview, data_size: int, where: str = "safetensors") -> tuple[dict, list[tuple[str, str, list[int], int, int]]]:
+    """The header of a safetensors file from its JSON bytes ``raw`` (the N bytes after
+    the u64 length) and the size of its data area: (``__metadata__`` or {}, entries
+    (name, dtype, shape, start, end) name-sorted, offsets relative to the data area).
+
+    Checked: offsets in range, byte lengths match dtype × shape, and the tensors tile the
+    data area exactly (no unhashed gap, overlap or trailing bytes)."""
     try:
-        header = json.loads(raw[8 : 8 + n])
+        header = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{where}: corrupt safetensors header ({e})") from e
     if not isinstance(header, dict):
         raise ValueError(f"{where}: safetensors header is not a JSON object")
-    body = memoryview(raw)[8 + n :]
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: __metadata__ is not a JSON object")
     out, spans = [], []
     for name in sorted((k for k in header if k != "__metadata__"), key=lambda k: k.encode()):
         info = header[name]
@@ -127,22 +128,41 @@ def read_safetensors(raw: bytes, where: str = "safetensors") -> list[tuple[str, 
             dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: tensor {name!r} has a malformed header entry ({e})") from e
-        if not (0 <= start <= end <= len(body)):
+        if not (0 <= start <= end <= data_size):
             raise ValueError(f"{where}: tensor {name!r} offsets out of range")
         width = DTYPE_BYTES.get(dtype)
-        if width is not None and (end - start) != width * int(np.prod(shape, dtype=np.int64)):
-            raise ValueError(f"{where}: tensor {name!r} has {end - start} bytes, {dtype}{shape} needs "
-                             f"{width * int(np.prod(shape, dtype=np.int64))}")  # fmt: skip
+        need = None if width is None else width * int(np.prod(shape, dtype=np.int64))
+        if need is not None and end - start != need:
+            raise ValueError(f"{where}: tensor {name!r} has {end - start} bytes, {dtype}{shape} needs {need}")
         spans.append((start, end))
-        out.append((name, dtype, shape, body[start:end]))
+        out.append((name, dtype, shape, start, end))
     covered = 0
     for start, end in sorted(spans):
         if start != covered:
             raise ValueError(f"{where}: data area has a gap or overlap at byte {covered}")
         covered = end
-    if covered != len(body):
-        raise ValueError(f"{where}: {len(body) - covered} bytes after the last tensor")
-    return out
+    if covered != data_size:
+        raise ValueError(f"{where}: {data_size - covered} bytes after the last tensor")
+    return meta, out
+
+
+def header_length(first8: bytes, file_size: int, where: str) -> int:
+    """N from the u64 little-endian prefix, checked against the file size."""
+    if len(first8) < 8 or file_size < 8:
+        raise ValueError(f"{where}: truncated safetensors file")
+    (n,) = struct.unpack("<Q", first8[:8])
+    if 8 + n > file_size:
+        raise ValueError(f"{where}: header length {n} runs past the end of the file")
+    return n
+
+
+def read_safetensors(raw: bytes, where: str = "safetensors") -> list[tuple[str, str, list[int], memoryview]]:
+    """(name, dtype, shape, data) of every tensor of a whole file's bytes, name-sorted,
+    checking the header (``parse_header``)."""
+    n = header_length(raw[:8], len(raw), where)
+    body = memoryview(raw)[8 + n :]
+    _, entries = parse_header(memoryview(raw)[8 : 8 + n], len(body), where)
+    return [(name, dtype, shape, body[start:end]) for name, dtype, shape, start, end in entries]
 
 
 def as_numpy_bytes(arr: np.ndarray) -> bytes:

@@ -5,8 +5,8 @@
       ─► every leaf recomputed from the bytes ─► sibling path of ``tensor``'s leaf
       ─► {leaf, path, root, ok: path folds the leaf to record.weights_root}
 
-Someone holding only the tensor's bytes (``data_offsets`` say where they sit in the file,
-so an HTTP range read is enough), the proof and the record can check it: hash the leaf
+Someone holding only the tensor's bytes (``pieces`` say in which files and byte ranges
+they sit, so HTTP range reads are enough), the proof and the record can check it: hash the leaf
 (docs/lineage.md, "Leaf"), fold the path (``check_proof``), compare with the record's
 ``weights_root``, and the record hash with the chain.
 """
@@ -17,9 +17,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ogi_ray.lineage.merkle import leaf_hash, merkle_proof, merkle_root, read_safetensors
+from ogi_ray.lineage.merkle import merkle_proof, merkle_root
 from ogi_ray.lineage.record import read_head, read_record
 from ogi_ray.lineage.verify import run_store
+from ogi_ray.lineage.weights import Weights
 
 
 class ProofError(LookupError):
@@ -54,19 +55,19 @@ def prove(run: str | Path, step: int, tensor: str) -> dict[str, Any]:
         h = rec["parent"]
     else:
         raise ProofError(f"{ldir.path()}: no record at step {step} on the chain")
-    wrel = f"{rec['checkpoint']}/{rec['weights_file']}"
-    entries = read_safetensors(store.read_bytes(wrel), store.path(wrel))
-    leaves = [leaf_hash(n, dt, shape, data) for n, dt, shape, data in entries]
-    names = [e[0] for e in entries]
+    weights = Weights(store, rec)
+    named = list(weights.leaves())
+    names, leaves = [n for n, _ in named], [leaf for _, leaf in named]
     if tensor not in names:
-        raise ProofError(f"{store.path(wrel)}: no tensor {tensor!r} (has {len(names)}, e.g. {names[:3]})")
+        raise ProofError(f"{weights.where}: no tensor {tensor!r} (it has {len(names)}: {', '.join(names)})")
     i = names.index(tensor)
-    _, dtype, shape, data = entries[i]
+    dtype, shape = weights.info(tensor)
     path = merkle_proof(leaves, i)
     proof = {
         "run": rec["run"], "step": step, "record_hash": h, "checkpoint": rec["checkpoint"],
-        "weights_file": rec["weights_file"], "tensor": tensor, "dtype": dtype, "shape": shape,
-        "nbytes": len(data), "index": i, "leaves": len(leaves), "leaf": leaves[i].hex(),
+        "weights_file": rec["weights_file"], "weights_format": weights.format, "tensor": tensor,
+        "dtype": dtype, "shape": list(shape), "nbytes": len(memoryview(weights.data(tensor)).cast("B")),
+        "pieces": weights.pieces(tensor), "index": i, "leaves": len(leaves), "leaf": leaves[i].hex(),
         "path": path, "root": rec["weights_root"],
     }  # fmt: skip
     proof["ok"] = check_proof(proof) and merkle_root(leaves) == rec["weights_root"]

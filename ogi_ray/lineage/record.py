@@ -11,33 +11,38 @@ written as decimal strings), so its canonical JSON is the same in every language
     record_hash = SHA-256(canonical_json(record))
 
 ``files`` (schema 2) covers every file of the checkpoint folder except ``lineage.json``
-(which holds the record itself); schema 1 records (no ``files``) are still read.
+(which holds the record itself); schema 1 records (no ``files``) are still read. Schema 3
+adds ``weights_format``: ``"safetensors"`` (``weights_file`` is one file of the logical
+tensors) or ``"safetensors-sharded-v1"`` (``weights_file`` is a folder of per-rank
+safetensors shards, each tensor's pieces placed by the ``DCP_SHARDING_INFO`` offsets in
+the shard headers; docs/lineage.md §2); schemas 1 and 2 imply ``"safetensors"``.
 
-Storage (store.Store: a local folder or any pyarrow.fs URI), under the lineage folder:
-``records/<record_hash>.json`` (the canonical bytes) and ``HEAD`` (newest hash + "\\n").
-Every write goes to a temporary name first, then moves onto the final name.
+Storage (``ogi_ray.storage.Store``: a local folder or any pyarrow.fs URI), under the
+lineage folder: ``records/<record_hash>.json`` (the canonical bytes, content-addressed:
+written first) and ``HEAD`` (newest hash + "\\n": written last, one PUT on object stores).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical
-from ogi_ray.lineage.store import Store
+from ogi_ray.storage import Store
 
-SCHEMA = 2
+SCHEMA = 3
 MARKER = "lineage.json"  # the record's copy inside its checkpoint folder (not in `files`)
 FIELDS_V1 = {
     "schema": int, "run": str, "step": int, "parent": str, "checkpoint": str,
     "weights_root": str, "weights_hash": str, "weights_file": str, "manifest_hash": str,
     "config_hash": str, "data_cursor": dict, "rng": str, "eval": dict,
 }  # fmt: skip
-FIELDS_BY_SCHEMA = {1: FIELDS_V1, 2: {**FIELDS_V1, "files": dict}}
+FIELDS_BY_SCHEMA = {1: FIELDS_V1, 2: {**FIELDS_V1, "files": dict},
+                    3: {**FIELDS_V1, "files": dict, "weights_format": str}}  # fmt: skip
 FIELDS = FIELDS_BY_SCHEMA[SCHEMA]
+WEIGHTS_FORMATS = ("safetensors", "safetensors-sharded-v1")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # Python's "%.6f"; nan/inf are allowed so that a diverged eval does not stop training.
 DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?|nan|-?inf")
@@ -73,6 +78,8 @@ def check_record(rec: dict[str, Any], where: str = "record") -> None:
     for k, v in rec["eval"].items():
         if not isinstance(v, str) or not DECIMAL.fullmatch(v):
             raise RecordError(f"{where}: eval.{k} must be a decimal string")
+    if rec.get("weights_format", "safetensors") not in WEIGHTS_FORMATS:
+        raise RecordError(f"{where}: field 'weights_format' must be one of {list(WEIGHTS_FORMATS)}")
     for k, v in rec.get("files", {}).items():
         if not isinstance(v, str) or not HEX64.fullmatch(v):
             raise RecordError(f"{where}: files.{k} must be a SHA-256 hex digest")
@@ -80,10 +87,16 @@ def check_record(rec: dict[str, Any], where: str = "record") -> None:
             raise RecordError(f"{where}: files.{k}: not a relative path inside the checkpoint")
 
 
+def weights_format(rec: dict[str, Any]) -> str:
+    """How the record's weights are stored (schemas 1 and 2: one safetensors file)."""
+    return str(rec.get("weights_format", "safetensors"))
+
+
 def make_record(**fields: Any) -> dict[str, Any]:
-    """A checked record from its fields; ``eval`` floats become decimal strings. With
-    ``files`` (see ``checkpoint_files``) the record is schema 2, without it schema 1."""
-    rec = {"schema": SCHEMA if "files" in fields else 1, **fields}
+    """A checked record from its fields; ``eval`` floats become decimal strings. The
+    schema follows from the fields: 3 with ``weights_format``, 2 with ``files``, else 1."""
+    schema = 3 if "weights_format" in fields else 2 if "files" in fields else 1
+    rec = {"schema": schema, **fields}
     rec["eval"] = {k: v if isinstance(v, str) else f"{float(v):.6f}" for k, v in rec["eval"].items()}
     check_record(rec)
     return rec
@@ -93,32 +106,18 @@ def record_hash(rec: dict[str, Any]) -> str:
     return hash_canonical(rec)
 
 
-def _sha256_stream(store: Store, rel: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with store.fs.open_input_stream(store.path(rel)) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def checkpoint_files(ckpt_dir: str | Path) -> dict[str, str]:
+def checkpoint_files(ckpt_dir: str | Path | Store) -> dict[str, str]:
     """relpath → SHA-256 hex of every file in a checkpoint folder (recursively, '/'
     separators), except ``lineage.json`` and hidden names: the record's ``files`` field.
-    Call it after the checkpoint is fully written and before building the record."""
-    store = Store(ckpt_dir)
+    (The trainer hashes each file as it writes it instead: ``train/checkpoint.py``.)"""
+    store = ckpt_dir if isinstance(ckpt_dir, Store) else Store(ckpt_dir)
     if not store.is_dir():
-        raise FileNotFoundError(f"{ckpt_dir}: checkpoint folder not found")
-    return {rel: _sha256_stream(store, rel) for rel in store.list_files(recursive=True) if rel != MARKER}
+        raise FileNotFoundError(f"{store.uri}: checkpoint folder not found")
+    return {rel: store.sha256(rel) for rel in store.list_files(recursive=True) if rel != MARKER}
 
 
 def _store(lineage_dir: str | Path | Store) -> Store:
     return lineage_dir if isinstance(lineage_dir, Store) else Store(lineage_dir)
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (local path or pyarrow URI) via a temporary name + move."""
-    parent, _, name = str(path).rstrip("/").rpartition("/")
-    Store(parent or ".").write_atomic(name, data)
 
 
 def write_record(lineage_dir: str | Path | Store, rec: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from ogi_ray.lineage.record import (
     write_head,
     write_record,
 )
-from ogi_ray.lineage.store import Store
+from ogi_ray.storage import Store
 
 
 class LineageRegistry:

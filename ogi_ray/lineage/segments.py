@@ -4,8 +4,9 @@ A segment is the training between two consecutive records of the chain (record i
 checkpoint → record i+1's). Jia et al. (PoL, S&P 2021) replay the segments whose weight
 update is largest, because a spoofed history has to hide its work where the weights move
 the most. The update size here is the L2 norm of the difference of the two checkpoints'
-floating-point tensors, read from the safetensors bytes with numpy (no torch), so a
-third-party verifier picks the same segments. Ties go to the earlier segment.
+floating-point tensors, read from the safetensors bytes with numpy (no torch; sharded
+weights assembled per tensor, lineage/weights.py), so a third-party verifier picks the
+same segments. Ties go to the earlier segment.
 
 The replay itself re-runs training steps, so it lives on the training side and is handed
 to ``verify.verify_run(..., replay_fn=...)``.
@@ -17,37 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from ogi_ray.lineage.merkle import read_safetensors
-from ogi_ray.lineage.store import Store
-
-_FLOAT = {"F64": np.float64, "F32": np.float32, "F16": np.float16}
-
-
-def float_arrays(raw: bytes) -> dict[str, np.ndarray]:
-    """name → float64 array of every floating tensor in a safetensors file (BF16 widened)."""
-    out = {}
-    for name, dtype, shape, data in read_safetensors(raw):
-        if dtype == "BF16":
-            # bf16 is the top half of an f32: shift the 16 bits up and reinterpret.
-            arr = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view("<f4")
-        elif dtype in _FLOAT:
-            arr = np.frombuffer(data, dtype=np.dtype(_FLOAT[dtype]).newbyteorder("<"))
-        else:
-            continue
-        out[name] = arr.astype(np.float64).reshape(shape)
-    return out
+from ogi_ray.lineage.weights import Weights
+from ogi_ray.storage import Store
 
 
 def update_norms(run: Store, records: list[dict[str, Any]]) -> list[float]:
-    """L2 norm of the weight change of each segment (len(records) - 1 values)."""
+    """L2 norm of the weight change of each segment (len(records) - 1 values), one tensor
+    of two checkpoints in memory at a time."""
     norms: list[float] = []
-    prev = None
-    for rec in records:
-        cur = float_arrays(run.read_bytes(f"{rec['checkpoint']}/{rec['weights_file']}"))
-        if prev is not None:
-            sq = sum(float(np.sum((cur[k] - prev[k]) ** 2)) for k in cur.keys() & prev.keys()
-                     if cur[k].shape == prev[k].shape)  # fmt: skip
-            norms.append(sq**0.5)
+    prev = Weights(run, records[0]) if records else None
+    for rec in records[1:]:
+        cur, sq = Weights(run, rec), 0.0
+        for name in sorted(set(prev.names()) & set(cur.names())):  # type: ignore[union-attr]
+            a, b = prev.float_array(name), cur.float_array(name)  # type: ignore[union-attr]
+            if a is not None and b is not None and a.shape == b.shape:
+                sq += float(np.sum((b - a) ** 2))
+        norms.append(sq**0.5)
         prev = cur
     return norms
 

@@ -30,14 +30,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ogi_ray.lineage.merkle import TORCH_TO_ST, leaf_hash, tensor_leaves
-
-Box = tuple[tuple[int, ...], tuple[int, ...]]  # (offset, shape) in the global tensor
+from ogi_ray.lineage.shards import Box, boxes_tile
 
 
 def canonical_order(names: list[str] | set[str]) -> list[str]:
@@ -75,28 +73,6 @@ def _describe(t: Any) -> dict[str, Any]:
         return {"shape": shape, "dtype": TORCH_TO_ST[str(t.dtype)], "dtensor": False,
                 "box": ((0,) * len(shape), shape)}  # fmt: skip
     raise TypeError(f"state dict entry of type {type(t).__name__} is not a tensor")
-
-
-def boxes_tile(shape: tuple[int, ...], boxes: list[Box]) -> bool:
-    """True when the distinct non-empty ``boxes`` lie inside ``shape``, do not overlap and
-    cover it exactly (then each shard is exactly its box, see module docstring)."""
-    numel = math.prod(shape)
-    boxes = [b for b in dict.fromkeys(boxes) if math.prod(b[1]) > 0]
-    if numel == 0:
-        return True
-    if not boxes:
-        return False
-    lo = np.array([b[0] for b in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
-    hi = lo + np.array([b[1] for b in boxes], dtype=np.int64).reshape(len(boxes), len(shape))
-    if (lo < 0).any() or (hi > np.array(shape, dtype=np.int64)).any():
-        return False
-    if int(np.prod(hi - lo, axis=1).sum()) != numel:
-        return False
-    # Pairwise overlap, vectorised: boxes i != j overlap when they overlap on every axis.
-    over = (lo[:, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[:, None, :])
-    over = over.all(axis=2)
-    np.fill_diagonal(over, False)
-    return not over.any()
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ogi_ray.lineage.record import read_head, read_record
-from ogi_ray.lineage.store import Store
+from ogi_ray.storage import Store
 
 PREFIX = b"ogi-lineage-record-v1:"
 

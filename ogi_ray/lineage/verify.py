@@ -3,7 +3,8 @@
     HEAD ("<hex>\\n") ─► record ─► parent ─► … ─► start (parent "")
       each record: file name == SHA-256 of its bytes, which are its canonical JSON; schema;
         steps increase; data cursors never go back; one run name
-      weights: <checkpoint>/<weights_file> tensors re-hashed from the bytes == leaves.json
+      weights: <checkpoint>/<weights_file> (one safetensors file, or a folder of per-rank
+        shards, lineage/weights.py) tensors re-hashed from the bytes == leaves.json
         (names the tensor that differs); their Merkle root == record.weights_root
       files (schema 2): every file of the checkpoint folder but lineage.json is listed,
         and each SHA-256 matches; lineage.json holds exactly this record
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical, sha256_hex
-from ogi_ray.lineage.merkle import leaves_from_safetensors, merkle_root
-from ogi_ray.lineage.record import HEX64, MARKER, RecordError, check_record
-from ogi_ray.lineage.store import Store
+from ogi_ray.lineage.merkle import merkle_root
+from ogi_ray.lineage.record import HEX64, MARKER, RecordError, check_record, weights_format
+from ogi_ray.storage import Store
 
 LEAVES_FILE = "leaves.json"
 WEIGHTS_HASH = "sha256-merkle-v1"
@@ -85,26 +86,30 @@ def _load_json(raw: bytes, where: str, problems: list[str]) -> Any:
 
 
 def _check_weights(run: Store, rec: dict[str, Any], where: str) -> list[str]:
+    from ogi_ray.lineage.shards import ShardError
+    from ogi_ray.lineage.weights import Weights
+
     ckpt, wrel = rec["checkpoint"], f"{rec['checkpoint']}/{rec['weights_file']}"
     if rec["weights_hash"] != WEIGHTS_HASH:
         return [f"{where}: unknown weights_hash {rec['weights_hash']!r} (expected {WEIGHTS_HASH})"]
-    if not run.is_file(wrel):
-        return [f"{where}: weights file {run.path(wrel)} is missing"]
+    sharded = weights_format(rec) != "safetensors"
+    if not (run.is_dir(wrel) if sharded else run.is_file(wrel)):
+        return [f"{where}: weights {'folder' if sharded else 'file'} {run.where(wrel)} is missing"]
     try:
-        leaves = leaves_from_safetensors(run.read_bytes(wrel))
-    except ValueError as e:
-        return [f"{where}: {run.path(wrel)}: {e}"]
+        leaves = list(Weights(run, rec).leaves())
+    except (ValueError, ShardError) as e:
+        return [f"{where}: {e}"]
     problems: list[str] = []
     if run.is_file(f"{ckpt}/{LEAVES_FILE}"):
-        listed = _load_json(run.read_bytes(f"{ckpt}/{LEAVES_FILE}"), run.path(f"{ckpt}/{LEAVES_FILE}"), problems)
+        listed = _load_json(run.read_bytes(f"{ckpt}/{LEAVES_FILE}"), run.where(f"{ckpt}/{LEAVES_FILE}"), problems)
         if isinstance(listed, dict):
             mine = {n: leaf.hex() for n, leaf in leaves}
             for name in sorted(set(listed) | set(mine)):
                 if listed.get(name) != mine.get(name):
-                    problems.append(f"{where}: tensor {name!r} in {run.path(wrel)} differs from its leaf in {LEAVES_FILE}")
+                    problems.append(f"{where}: tensor {name!r} in {run.where(wrel)} differs from its leaf in {LEAVES_FILE}")
     root = merkle_root([leaf for _, leaf in leaves])
     if root != rec["weights_root"]:
-        problems.append(f"{where}: weights root of {run.path(wrel)} is {root}, record says {rec['weights_root']}")
+        problems.append(f"{where}: weights root of {run.where(wrel)} is {root}, record says {rec['weights_root']}")
     return problems
 
 

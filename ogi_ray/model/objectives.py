@@ -43,12 +43,20 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _masked_mean(per_item: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of per_item (B, N) over mask (B, N) bool; 0 (graph kept) when nothing is selected."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the entries ``mask`` selects; 0 (graph kept) where none is.
+
+    dim None: over everything, e.g. per-item errors (B, N) with mask (B, N) → scalar.
+    dim 1: pool slots, e.g. x (B, n, D) with mask (B, n) → (B, D) (the mask broadcasts
+    over x's trailing feature dimensions)."""
     if mask is None:
-        return per_item.mean()
-    m = mask.to(per_item.dtype)
-    return (per_item * m).sum() / m.sum().clamp_min(1.0)
+        return x.mean() if dim is None else x.mean(dim)
+    m = mask.to(x.dtype)
+    while m.dim() < x.dim():
+        m = m[..., None]
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp_min(1.0)
+    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
 def _rand(
@@ -90,7 +98,7 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     """pred, target (B, P, D), mask (B, P) bool → mean over masked patches of the per-patch
     MSE (mean over D). Visible patches do not count."""
     err = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, P)
-    return _masked_mean(err, mask)
+    return masked_mean(err, mask)
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -205,7 +213,7 @@ def world_loss(
         err = (pred.float() - target.float()).pow(2)
     else:
         raise ValueError(f"kind: expected 'smooth_l1' or 'l2', got {kind!r}")
-    return _masked_mean(err.mean(dim=-1), valid)  # (B, C) → scalar
+    return masked_mean(err.mean(dim=-1), valid)  # (B, C) → scalar
 
 
 def next_chunk_pairs(
@@ -250,7 +258,7 @@ def flow_matching_loss(
     """v_pred, v_target (B, T, A), valid (B, T) bool (padded steps False) → mean over
     valid steps of the squared error averaged over A."""
     err = (v_pred.float() - v_target.float()).pow(2).mean(dim=-1)  # (B, T)
-    return _masked_mean(err, valid)
+    return masked_mean(err, valid)
 
 
 def sample_t(

@@ -121,26 +121,30 @@ class MultimodalTransformer(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07))) if (lay.n_img or lay.n_vid) else None
         self.world_head = nn.Linear(d, d) if lay.n_chunks >= 2 else None
         self.embod_head = nn.Linear(d, cfg.act_dim) if lay.n_steps else None
-        cos, sin = rotary_tables(lay.seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("attn_mask", lay.mask(), persistent=False)
-        self.reset_parameters()
+        self.register_buffer("rope_cos", torch.empty(lay.seq_len, cfg.head_dim // 2), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(lay.seq_len, cfg.head_dim // 2), persistent=False)
+        self.register_buffer("attn_mask", torch.empty(lay.seq_len, lay.seq_len, dtype=torch.bool), persistent=False)
+        self.init_buffers()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        std = 0.02
+    def init_buffers(self) -> None:
+        """Recompute the constant buffers (rotary tables, layout mask) in place: after
+        ``to_empty`` on a model built on the meta device they hold garbage."""
+        if self.rope_cos.is_meta:
+            return
+        lay = self.cfg.layout
+        cos, sin = rotary_tables(lay.seq_len, self.cfg.head_dim, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        self.attn_mask.copy_(lay.mask())
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Every parameter from ``initial_value`` (a no-op on the meta device, where
+        ``parallel.materialize`` fills each rank's shard from the same rule instead)."""
         for name, p in self.named_parameters():
-            if name == "logit_scale":
-                continue
-            if p.dim() >= 2:
-                # Residual output projections scaled by depth (GPT-2 / torchtitan practice).
-                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-                nn.init.normal_(p, 0.0, std * scale)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif name.startswith(("seg_embed", "absent", "mask_token", "null_action")):
-                nn.init.normal_(p, 0.0, std)
+            if not p.is_meta:
+                p.copy_(initial_value(self.cfg, name, tuple(p.shape), seed))
 
     def _segment(self, name: str, x: torch.Tensor | None, present: torch.Tensor | None) -> torch.Tensor:
         """x (B, n, D) embedded slots or None; present (B, n) bool → (B, n, D)."""
@@ -214,6 +218,30 @@ class MultimodalTransformer(nn.Module):
         """Training FLOPs per token: 6·N (non-embedding) + 12·L·D·S for attention (PaLM)."""
         s = seq_len or self.cfg.max_seq_len
         return 6 * self.num_params(include_embeddings=False) + 12 * self.cfg.n_layers * self.cfg.dim * s
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """The generator seed of one parameter: a function of (seed, name) only, so every
+    rank, stage and layout draws the same initial values for it."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}|{name}".encode()).digest()[:8], "little")
+
+
+def initial_value(cfg: ModelConfig, name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The full initial value (float32, CPU) of parameter ``name``: N(0, 0.02) matrices,
+    the residual output projections (wo, w2) scaled by 1/sqrt(2·L) (GPT-2 / torchtitan
+    practice), zero biases, unit norm weights, N(0, 0.02) segment/absent/mask/null
+    embeddings, and CLIP's log inverse temperature log(1/0.07)."""
+    gen = torch.Generator().manual_seed(tensor_seed(seed, name))
+    if name == "logit_scale":
+        return torch.full(shape, math.log(1 / 0.07))
+    if len(shape) >= 2 or name.startswith(("seg_embed", "absent", "mask_token", "null_action")):
+        scale = 1 / math.sqrt(2 * cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+        return torch.randn(shape, generator=gen) * (0.02 * scale)
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    return torch.ones(shape)  # RMSNorm weights
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

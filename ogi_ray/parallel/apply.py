@@ -26,11 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ogi_ray.parallel.dims import ParallelDims, axis_rank, axis_size, build_mesh, dp_rank_and_size
+from ogi_ray.parallel.dims import ParallelDims, axis_size, build_mesh, dp_rank_and_size
 
 __all__ = ["ParallelDims", "apply", "apply_fsdp", "apply_tp", "build_mesh", "clip_grad_norm_",
-           "dp_rank_and_size", "gather_full_optimizer_state", "gather_full_state_dict",
-           "grad_sq_norm", "load_full_optimizer_state", "load_full_state_dict", "tp_plan"]  # fmt: skip
+           "dp_rank_and_size", "grad_sq_norm", "tp_plan"]  # fmt: skip
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -170,96 +169,3 @@ def clip_grad_norm_(params: Any, max_norm: float, pp_group: Any = None) -> float
             for p in params:
                 p.grad.mul_(coef)  # DTensor: scales the local shard, placements unchanged
     return norm
-
-
-# ── full (logical) state dicts over any layout, pipeline stages included ───────────────
-
-
-def _to_rank0_over_pp(part: Any, mesh: Any) -> list[Any] | None:
-    """Every stage's ``part`` (sent by its (dp 0, tp 0) rank) as a list on global rank 0,
-    None elsewhere."""
-    pp = axis_size(mesh, "pp")
-    if pp == 1:
-        return [part] if (not dist.is_initialized() or dist.get_rank() == 0) else None
-    if axis_rank(mesh, "dp") != 0 or axis_rank(mesh, "tp") != 0:
-        return None
-    parts: list[Any] = [None] * pp
-    dist.gather_object(part, parts if axis_rank(mesh, "pp") == 0 else None,
-                       group=mesh["pp"].get_group(), group_dst=0)  # fmt: skip
-    return parts if dist.get_rank() == 0 else None
-
-
-def _cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, dict):
-        return {k: _cpu(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_cpu(v) for v in x]
-    return x
-
-
-def _full_options(mesh: Any = None) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    # cpu_offload=True keeps the gathered tensors on global rank 0 only (CPU, one full
-    # copy): right without stages, but it would drop the parts of stages > 0.
-    return StateDictOptions(full_state_dict=True, cpu_offload=axis_size(mesh, "pp") == 1)
-
-
-def gather_full_state_dict(module: nn.Module, mesh: Any) -> dict[str, torch.Tensor]:
-    """The single-process state dict (full CPU tensors, the plain model's names) on global
-    rank 0, {} on the other ranks; every rank must call it.
-
-    ``get_model_state_dict(full_state_dict=True)`` gathers FSDP/TP shards, but a pipeline
-    stage only holds its own parameters (with the full model's names): the (dp 0, tp 0)
-    rank of every stage sends its part to global rank 0 over the pp group."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    parts = _to_rank0_over_pp(_cpu(get_model_state_dict(module, options=_full_options(mesh))), mesh)
-    merged: dict[str, torch.Tensor] = {}
-    for part in parts or []:
-        if set(part) & set(merged):
-            raise RuntimeError(f"pipeline stages share parameters: {sorted(set(part) & set(merged))}")
-        merged.update(part)
-    return merged
-
-
-def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full (single-process) state dict into ``module`` (plain, TP/FSDP-applied or
-    one pipeline stage: only the stage's own names are taken); every rank passes the
-    same ``state`` (e.g. read from the checkpoint file)."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    own = {k: state[k] for k in module.state_dict()}
-    set_model_state_dict(module, own, options=_full_options())
-
-
-def gather_full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, mesh: Any) -> dict:
-    """The optimizer state in the single-process layout ({"state": {name: {...}},
-    "param_groups": [{..., "params": [names]}]}, as ``get_optimizer_state_dict`` with
-    full_state_dict gives for the plain model) on global rank 0, {} elsewhere. Stages'
-    parts are merged: states by name, each param group's name lists concatenated."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    parts = _to_rank0_over_pp(_cpu(get_optimizer_state_dict(module, opt, options=_full_options(mesh))), mesh)
-    if not parts:
-        return {}
-    merged = {"state": {}, "param_groups": [dict(g, params=[]) for g in parts[0]["param_groups"]]}
-    for part in parts:
-        merged["state"].update(part["state"])
-        for dst, src in zip(merged["param_groups"], part["param_groups"], strict=True):
-            dst["params"] += src["params"]
-    return merged
-
-
-def load_full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, osd: dict) -> None:
-    """Load ``gather_full_optimizer_state``'s dict (or checkpoint.save's optim state)
-    into the optimizer of ``module`` (one stage: its own names only); every rank."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    own = set(module.state_dict())
-    sub = {"state": {k: v for k, v in osd["state"].items() if k in own},
-           "param_groups": [dict(g, params=[p for p in g["params"] if p in own])
-                            for g in osd["param_groups"]]}  # fmt: skip
-    set_optimizer_state_dict(module, opt, sub, options=_full_options())

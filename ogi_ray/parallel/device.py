@@ -1,8 +1,14 @@
 """Device, collective backend and mixed-precision choice, made in one place.
 
-``auto`` picks CUDA + NCCL when a GPU is visible, else CPU + gloo. bf16 autocast is
-used on GPUs and on CPUs that report AMX/bf16 support, unless the config says otherwise.
-Everything else in the project asks this module instead of testing for CUDA itself.
+``auto`` picks CUDA when a GPU is visible, else the CPU. bf16 autocast is used on GPUs
+and on CPUs that report AMX/bf16 support, unless the config says otherwise. Everything
+else in the project asks this module instead of testing for CUDA itself.
+
+Collectives: on GPUs the process group is ``"cpu:gloo,cuda:nccl"`` (``process_group_
+backend``): NCCL carries the device tensors (FSDP2, TP, pipeline activations, shard
+sends while hashing), gloo the host-side control plane — per-step metric reductions,
+object broadcasts and gathers, DCP's save/load planning — which a NCCL-only group
+cannot carry ("No backend type associated with device type cpu"). On CPUs it is gloo.
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ def resolve(cfg: DeviceConfig, local_rank: int = 0) -> Placement:
         if not torch.cuda.is_available():
             raise RuntimeError("device: 'cuda' requested but no GPU is visible")
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        backend = "nccl"
+        torch.cuda.set_device(device)  # NCCL and torch.cuda.current_device() agree
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        device = torch.device("cpu")
+    backend = process_group_backend(want_cuda)
     if cfg.precision == "bf16" or (
         cfg.precision == "auto" and (want_cuda or cpu_has_bf16())
     ):
@@ -64,6 +71,13 @@ def resolve(cfg: DeviceConfig, local_rank: int = 0) -> Placement:
 def use_gpu(cfg: DeviceConfig) -> bool:
     """What the Ray driver asks for (the driver may have no GPU itself: trust config)."""
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def process_group_backend(gpu: bool, accelerator: str = "nccl") -> str:
+    """The torch.distributed backend string for Ray Train's ``TorchConfig(backend=...)``:
+    every device type the run's collectives use gets a backend, the CPU always gloo.
+    (``accelerator`` is only swapped in tests, where gloo stands in for NCCL.)"""
+    return f"cpu:gloo,cuda:{accelerator}" if gpu else "gloo"
 
 
 # Dense peak FLOP/s per device from vendor datasheets (no sparsity).

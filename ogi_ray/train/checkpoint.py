@@ -1,28 +1,83 @@
-"""Checkpoint save/load from full (unsharded) state dicts, whatever the parallel layout.
+"""Sharded checkpoints through pyarrow.fs: each rank writes only its own shards, loading
+reshards to any layout, and the weights root is computed without gathering.
 
-    model.safetensors   logical fp32 weights (what the lineage hashes and verifies)
-    leaves.json         name → Merkle leaf hash (names a tampered tensor on verify)
-    optim.pt            full optimizer + scheduler state
-    train_state.json    step, data cursor, RNG states (torch, numpy, python)
+    RUN/step_000010/                 (a folder of the run's Store: local or s3://…)
+      model/shard-<r+1>-….safetensors   global rank r's chunks of the logical weights
+      optim/shard-<r+1>-….safetensors   its chunks of the AdamW state, as tensors named
+                                        "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.step"
+      world_target.safetensors          the EMA target encoder (small, replicated; rank 0)
+      leaves.json                       tensor name → Merkle leaf (names a tampered tensor)
+      train_state.json                  step, data cursor, RNG, λ, tuner, GNS, optimizer
+                                        hyper-parameters, scheduler (rank 0)
+      segment.json, lineage.json        written by train/lineage_hook.py
 
-All ranks take part in gathering (collectives); only rank 0 writes.
+    save: every rank ─► DCP save plan (replicas written once) ─► ShardWriter (its own
+          files, hashed as they are written) ─► sharded_weights_leaves (one owner per
+          tensor hashes it, lineage/sharded.py) ─► root ─► rank 0's small files ─► every
+          rank's {file: sha256} gathered on rank 0 (the record's ``files``)
+    load: shard headers read once on rank 0 and broadcast ─► DCP load plan against this
+          rank's (DTensor) shards ─► ShardReader range reads ─► the same for the optimizer
+
+Peak host memory on a rank: its own shards plus one tensor (a chunk being written or
+read, or the full tensor it owns while hashing), whatever the model size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import random
-from pathlib import Path
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ogi_ray.lineage.merkle import merkle_root, tensor_leaves
+from ogi_ray.lineage.merkle import merkle_root
+from ogi_ray.lineage.shards import shard_index
+from ogi_ray.storage import Store
+from ogi_ray.train.shard_io import ShardReader, ShardWriter
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_DIR = "model"
+OPTIM_DIR = "optim"
+WEIGHTS_FORMAT = "safetensors-sharded-v1"
+TRAIN_STATE = "train_state.json"
+LEAVES = "leaves.json"
+WORLD_TARGET = "world_target.safetensors"
 
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _dist() else 0
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from global rank ``src`` on every rank (CPU object collective)."""
+    if not _dist() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_to_rank0(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` as a list on rank 0; [] elsewhere."""
+    if not _dist() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if _rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
+
+
+# ── RNG ─────────────────────────────────────────────────────────────────────────────
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,47 +100,137 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def rng_commitment() -> str:
-    import hashlib
-
     return hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
 
 
+# ── state dicts as flat tensor maps ─────────────────────────────────────────────────
+
+
+def model_state(module: nn.Module) -> dict[str, Any]:
+    """The module's weights by plain-model name, as they live on this rank (DTensor
+    shards under FSDP/TP; a pipeline stage has only its own names)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module)
+
+
+def optim_state(module: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, nested): the AdamW state as flat tensors ``"<param>.<key>"`` sharded like
+    the parameters, and the nested dict they came from (to set back after loading in
+    place). On a fresh optimizer torch initialises the state first, so its shapes exist."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    nested = get_optimizer_state_dict(module, opt)
+    flat = {f"{p}.{k}": v for p, st in nested["state"].items() for k, v in st.items() if isinstance(v, torch.Tensor)}
+    return flat, nested
+
+
+def _hyper(nested: dict[str, Any]) -> list[dict[str, Any]]:
+    """Optimizer hyper-parameters per param group (the lr the schedule set, betas, ...)."""
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+            for g in nested["param_groups"]]  # fmt: skip
+
+
+# ── save ────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class Saved:
+    root: str  # weights Merkle root (every rank)
+    leaves: list[tuple[str, bytes]]  # (name, leaf) in canonical order (every rank)
+    files: dict[str, str] = field(default_factory=dict)  # relpath → SHA-256, rank 0 only
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns on every single-process save/load that it assumes one process: it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _save_tensors(store: Store, tensors: dict[str, Any]) -> dict[str, str]:
+    import torch.distributed.checkpoint as dcp
+
+    writer = ShardWriter(store, _rank())
+    with _quiet():
+        dcp.save(tensors, storage_writer=writer, no_dist=not _dist())
+    return {f"{store.root.rpartition('/')[2]}/{k}": v for k, v in writer.written.items()}
+
+
+def _small_file(store: Store, rel: str, data: bytes) -> dict[str, str]:
+    store.write_atomic(rel, data)
+    return {rel: hashlib.sha256(data).hexdigest()}
+
+
 def save(
-    ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-    train_state: dict[str, Any], rank: int, mesh: Any = None,
-) -> str:  # fmt: skip
-    """Write the checkpoint (rank 0) and return the weights Merkle root (rank 0; "" elsewhere).
+    store: Store, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, *,
+    train_state: dict[str, Any], world_target: nn.Module | None,
+) -> Saved:  # fmt: skip
+    """Write the checkpoint folder ``store`` (collective: every rank calls it)."""
+    from safetensors.torch import save as st_save
 
-    The full logical state is gathered on global rank 0 whatever the layout (FSDP, TP,
-    pipeline stages): the file format is the single-process one, so a checkpoint loads
-    into any other layout."""
-    from safetensors.torch import save_file
+    from ogi_ray.lineage.sharded import sharded_weights_leaves
 
-    from ogi_ray.parallel.apply import gather_full_optimizer_state, gather_full_state_dict
-
-    state = gather_full_state_dict(model, mesh)
-    optim_state = gather_full_optimizer_state(model, opt, mesh)
-    if rank != 0:
-        return ""
-    leaves = tensor_leaves(state)
+    weights = model_state(module)
+    files = _save_tensors(store.sub(WEIGHTS_DIR), weights)
+    flat, nested = optim_state(module, opt)
+    files |= _save_tensors(store.sub(OPTIM_DIR), flat)
+    leaves = sharded_weights_leaves(weights)
     root = merkle_root([leaf for _, leaf in leaves])
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt_dir / WEIGHTS_FILE))
-    (ckpt_dir / "leaves.json").write_text(json.dumps({n: leaf.hex() for n, leaf in leaves}, indent=0))
-    torch.save({"optim": optim_state, "sched": sched.state_dict()}, ckpt_dir / "optim.pt")
-    (ckpt_dir / "train_state.json").write_text(json.dumps(train_state))
-    return root
+    if _rank() == 0:
+        state = {**train_state, "optim_groups": _hyper(nested), "sched": sched.state_dict()}
+        files |= _small_file(store, TRAIN_STATE, json.dumps(state).encode())
+        files |= _small_file(store, LEAVES, json.dumps({n: v.hex() for n, v in leaves}, indent=0).encode())
+        if world_target is not None:
+            wt = {k: v.detach().cpu().contiguous() for k, v in world_target.state_dict().items()}
+            files |= _small_file(store, WORLD_TARGET, st_save(wt))
+    merged: dict[str, str] = {}
+    for part in gather_to_rank0(files):
+        merged |= part
+    return Saved(root=root, leaves=leaves, files=merged)
 
 
-def load(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    """Load a checkpoint written by ``save`` into any layout; every rank passes the full
-    dicts and each module (stage, shard) takes its own part."""
-    from safetensors.torch import load_file
+# ── load ────────────────────────────────────────────────────────────────────────────
 
-    from ogi_ray.parallel.apply import load_full_optimizer_state, load_full_state_dict
 
-    load_full_state_dict(model, load_file(str(ckpt_dir / WEIGHTS_FILE)))
-    extra = torch.load(ckpt_dir / "optim.pt", weights_only=False)
-    load_full_optimizer_state(model, opt, extra["optim"])
-    sched.load_state_dict(extra["sched"])
-    return json.loads((ckpt_dir / "train_state.json").read_text())
+def read_train_state(store: Store) -> dict[str, Any]:
+    return json.loads(store.read_bytes(TRAIN_STATE))
+
+
+def _load_tensors(store: Store, tensors: dict[str, Any]) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    index = broadcast_object(shard_index(store) if _rank() == 0 else None)
+    with _quiet():
+        dcp.load(tensors, storage_reader=ShardReader(store, index), no_dist=not _dist())
+
+
+def load_weights(store: Store, module: nn.Module) -> None:
+    """The checkpoint's weights into ``module``'s layout (any layout: DCP reshards)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    weights = model_state(module)
+    _load_tensors(store.sub(WEIGHTS_DIR), weights)
+    set_model_state_dict(module, weights)
+
+
+def load(
+    store: Store, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, world_target: nn.Module | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint written by ``save`` (at any world size and layout) into this
+    rank's module, optimizer, scheduler and EMA target; returns the train state."""
+    from safetensors.torch import load as st_load
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    load_weights(store, module)
+    flat, nested = optim_state(module, opt)
+    _load_tensors(store.sub(OPTIM_DIR), flat)  # in place: ``nested`` holds the same tensors
+    state = read_train_state(store)
+    for group, hyper in zip(nested["param_groups"], state["optim_groups"], strict=True):
+        group.update({k: (tuple(v) if k == "betas" else v) for k, v in hyper.items()})
+    set_optimizer_state_dict(module, opt, nested)
+    sched.load_state_dict(state["sched"])
+    if world_target is not None and store.is_file(WORLD_TARGET):
+        world_target.load_state_dict(st_load(store.read_bytes(WORLD_TARGET)))
+    return state

@@ -107,11 +107,20 @@ class ParallelConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     name: str = "run"
+    # Where runs live: a local folder or any pyarrow.fs URI (s3://bucket/prefix, gs://…).
+    # Everything the run writes goes there (checkpoints, lineage, metrics, tuner state).
     storage_path: str = "runs"
 
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name: a plain folder name, got {self.name!r}")
+
     @property
-    def run_dir(self) -> Path:
-        return Path(self.storage_path).resolve() / self.name
+    def run_uri(self) -> str:
+        """The run folder: storage_path/name, a URI or an absolute local path."""
+        from ogi_ray.storage import absolute, join
+
+        return join(absolute(self.storage_path), self.name)
 
 
 @dataclass(kw_only=True)

@@ -102,6 +102,13 @@ def collate(batch: dict[str, Any], cfg: ModelConfig, gen: torch.Generator) -> di
     return out
 
 
+def collate_step(rows: list[dict[str, Any]], cfg: ModelConfig, seed: int, step: int, dp_rank: int) -> list[dict[str, torch.Tensor]]:
+    """One step's micro-batches of one dp rank: every draw from the step's generator, in
+    micro-batch order (the worker and the replay both call this)."""
+    gen = seeded_generator(seed, step, dp_rank)
+    return [collate(r, cfg, gen) for r in rows]
+
+
 def read_heldout(paths: list[str], rows_per_source: int) -> dict[str, dict[str, Any]]:
     """Held-out rows grouped by source, at most ``rows_per_source`` each (first rows)."""
     import pyarrow.parquet as pq

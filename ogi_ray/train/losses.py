@@ -25,6 +25,7 @@ from ogi_ray.model.objectives import (
     info_nce,
     lm_loss,
     mae_loss,
+    masked_mean,
     normalize_patches,
     world_loss,
 )
@@ -33,10 +34,9 @@ INFO_NCE_TEMPERATURE = 0.1
 VISION_CONTRASTIVE_WEIGHT = 0.5
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x (B, n, D), mask (B, n) → (B, D) mean over present slots."""
-    m = mask[..., None].to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+def pooled(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, n, D), mask (B, n) → (B, D): the mean over each row's present slots."""
+    return masked_mean(x, mask, dim=1)
 
 
 def compute_losses(
@@ -57,17 +57,17 @@ def compute_losses(
             mae = mae_loss(out["mae_pred"][rows].float(), normalize_patches(b["img"][rows]), b["mae_mask"][rows])
             vision = mae
             if int(rows.sum()) >= 2:
-                z1 = _masked_mean(out["img1_h"][rows], b["img_present"][rows]).float()
-                z2 = _masked_mean(out["img2_h"][rows], b["img_present"][rows]).float()
+                z1 = pooled(out["img1_h"][rows], b["img_present"][rows]).float()
+                z2 = pooled(out["img2_h"][rows], b["img_present"][rows]).float()
                 vision = mae + VISION_CONTRASTIVE_WEIGHT * info_nce(z1, z2, INFO_NCE_TEMPERATURE)
             losses["vision"] = vision
         pair = rows & has_text
-        lat_img.append(_masked_mean(out["img_lat"][pair], b["img_present"][pair]))
-        lat_txt.append(_masked_mean(out["txt_lat"][pair], b["text_valid"][pair]))
+        lat_img.append(pooled(out["img_lat"][pair], b["img_present"][pair]))
+        lat_txt.append(pooled(out["txt_lat"][pair], b["text_valid"][pair]))
     if lay.n_vid and "vid_lat" in out:
         pair = b["vid_present"].any(1) & has_text
-        lat_img.append(_masked_mean(out["vid_lat"][pair], b["vid_present"][pair]))
-        lat_txt.append(_masked_mean(out["txt_lat"][pair], b["text_valid"][pair]))
+        lat_img.append(pooled(out["vid_lat"][pair], b["vid_present"][pair]))
+        lat_txt.append(pooled(out["txt_lat"][pair], b["text_valid"][pair]))
     if lat_img and "logit_scale" in out:
         zi, zt = torch.cat(lat_img).float(), torch.cat(lat_txt).float()
         if zi.shape[0] >= 2:

@@ -1,10 +1,9 @@
 """AdamW with decoupled weight decay only on matrices of the backbone and heads (never on
-norms, biases or embeddings), the warm-up + cosine schedule, and global-norm clipping
-that stays correct when parameters are sharded DTensors (FSDP2/TP)."""
+norms, biases or embeddings), and the warm-up + cosine schedule. (Global-norm clipping
+over sharded DTensors is ``parallel.apply.clip_grad_norm_``.)"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -62,21 +61,3 @@ def build_optimizer(
                      warmup_frac=cfg.warmup_frac) / cfg.lr  # fmt: skip
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip by the global L2 norm over all gradients, whatever the layout (plain tensors,
-    FSDP and TP DTensors on different meshes); returns the norm before clipping."""
-    from ogi_ray.parallel.apply import clip_grad_norm_
-
-    value = float(clip_grad_norm_(model.parameters(), max_norm))
-    if not math.isfinite(value):
-        raise FloatingPointError(f"gradient norm is {value}")
-    return value
-
-
-def total_grad_sq_norm(model: nn.Module) -> float:
-    """‖g‖² over all (possibly sharded) gradients, without clipping."""
-    from ogi_ray.parallel.apply import grad_sq_norm
-
-    return float(grad_sq_norm(model.parameters()))

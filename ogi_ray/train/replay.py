@@ -1,18 +1,20 @@
 """Proof-of-Learning segment replay: re-run the steps between two checkpoints and compare.
 
-    record i ─► checkpoint i (weights, optimizer, schedule, EMA target, train state)
-            ─► segment.json of checkpoint i+1: per step its data cursor, λ, micro-batch count
+    record i ─► checkpoint i (sharded weights, optimizer, schedule, EMA target, state)
+            ─► segment.json of checkpoint i+1: per step its data cursor, λ, micro-batches
     world-size gloo processes (the recorded world size and threads per rank, as trained)
-      ─► same model, same (dp, tp, pp) layout built as the worker builds it, rows read
-         from the corpus shards by global position and split by dp rank
-      ─► loop.train_step (pipeline_train_step when pp > 1) for each recorded step
-      ─► full weights gathered on rank 0 ─► Merkle root
+      ─► the same model and (dp, tp, pp) layout, built as the worker builds it
+         (train/stepper.py) and loaded from checkpoint i (checkpoint.load reshards)
+      ─► each recorded step: this rank's rows read from the corpus by global position
+         (train/stream.py, the worker's reader) and collated as the worker does
+         (data.collate_step) ─► the step object's ``train``
+      ─► the weights root without gathering (lineage/sharded.py) on every rank
     root == record i+1's weights_root  ⇔  the segment is reproduced bit for bit
 
 On CPU the training step is deterministic for a fixed world size and thread count (no
 dropout; every random draw comes from a generator seeded by (seed, step, rank)), so the
-comparison is exact. On GPU, kernels are not bit-reproducible: the replay then reports
-the relative L2 distance of the weights and accepts it below ``GPU_TOLERANCE``.
+comparison is exact. On GPU, kernels are not bit-reproducible: such segments are not
+replayed here and verify says so.
 """
 
 from __future__ import annotations
@@ -33,21 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def rows_for_step(table: Any, cursor: int, accum: int, dp: int, dp_rank: int, batch: int) -> list[Any]:
-    """This rank's micro-batches of one step from the whole corpus table (global order,
-    wrapping over epochs): the same rows the worker's stream hands it."""
-    n, g = table.num_rows, dp * batch
-    out = []
-    for j in range(accum):
-        start = cursor + j * g + dp_rank * batch
-        idx = [(start + i) % n for i in range(batch)]
-        out.append(table.take(idx))
-    return out
-
-
 def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_file: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import torch
     import torch.distributed as dist
 
@@ -55,51 +43,41 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from ogi_ray.lineage.merkle import weights_root
-        from ogi_ray.model import build
-        from ogi_ray.parallel import apply as par
+        from ogi_ray.lineage.merkle import merkle_root
+        from ogi_ray.lineage.sharded import sharded_weights_leaves
         from ogi_ray.parallel.device import DeviceConfig, resolve
-        from ogi_ray.parallel.dims import ParallelDims
+        from ogi_ray.parallel.dims import ParallelDims, dp_rank_and_size
+        from ogi_ray.storage import Store
         from ogi_ray.train import checkpoint as ckpt
-        from ogi_ray.train import loop
         from ogi_ray.train.config import job_from_dict
-        from ogi_ray.train.data import COLUMNS, collate, seeded_generator
+        from ogi_ray.train.data import COLUMNS, collate_step
         from ogi_ray.train.optim import build_optimizer
+        from ogi_ray.train.step import make_world_target
         from ogi_ray.train.stepper import build_stepper
+        from ogi_ray.train.stream import CorpusOrder, RankStream, RowReader
 
         job = job_from_dict(spec["job"])
-        batch = int(spec["batch_size"] or job.data.batch_size)
         placement = resolve(DeviceConfig(device="cpu", precision=job.device.precision))
-        torch.manual_seed(job.loop.seed)
-        model = build(job.model)
-        world_target = loop.make_world_target(model)
-        # The layout built by the worker's own builder (another layout reduces in another
-        # order, hence other low bits). Under pp the worker steps with accum = micro-batches.
-        layout = build_stepper(model, ParallelDims.from_plan(spec["parallel"]), job.model, placement.device,
-                               n_microbatches=int(spec["segment"][0]["accum"]), compile=job.device.compile)  # fmt: skip
-        mesh, model = layout.mesh, layout.module
-        dp_rank, dp = par.dp_rank_and_size(mesh)
-        opt, sched = build_optimizer(model, job.optim, job.loop.steps)
-        start = Path(spec["start_ckpt"])
-        ckpt.load(start, model, opt, sched)
-        if world_target is not None and (start / "world_target.pt").is_file():
-            world_target.load_state_dict(torch.load(start / "world_target.pt"))
-        tables: dict[int, Any] = {}  # phase → its corpus in global order, read when first needed
+        stepper = build_stepper(job.model, ParallelDims.from_plan(spec["parallel"]), placement, seed=None,
+                                n_microbatches=int(spec["segment"][0]["accum"]), compile=job.device.compile,
+                                grad_clip=job.optim.grad_clip)  # fmt: skip
+        dp_rank, dp = dp_rank_and_size(stepper.mesh)
+        opt, sched = build_optimizer(stepper.module, job.optim, job.loop.steps)
+        world_target = make_world_target(job.model, job.loop.seed, placement.device)
+        ckpt.load(Store(spec["start_ckpt"]), stepper.module, opt, sched, world_target)
+        streams: dict[int, RankStream] = {}  # phase → this rank's reader of its corpus
         for entry in spec["segment"]:
             phase = int(entry.get("phase", 0))
-            if phase not in tables:
-                shards = spec["shards"][str(phase)]
-                tables[phase] = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shards]).sort_by("position")
-            table = tables[phase]
-            gen = seeded_generator(job.loop.seed, entry["step"], dp_rank)
-            micro = [collate(t.to_pydict(), job.model, gen)
-                     for t in rows_for_step(table, entry["cursor"], entry["accum"], dp, dp_rank, batch)]  # fmt: skip
-            layout.step(layout.target, opt, sched, micro, cfg=job.model, placement=placement,
-                        grad_clip=job.optim.grad_clip, lambdas=entry["lambdas"],
-                        world_target=world_target)  # fmt: skip
-        state = par.gather_full_state_dict(model, mesh)  # the checkpoint's gather (all stages)
+            if phase not in streams:
+                order = CorpusOrder(tuple(spec["orders"][str(phase)]["paths"]), tuple(spec["orders"][str(phase)]["rows"]))
+                streams[phase] = RankStream(RowReader(order, COLUMNS), dp_rank, dp, int(spec["batch_size"]),
+                                            lambda rows, step: rows, prefetch=False)  # fmt: skip
+            rows = streams[phase].rows(int(entry["cursor"]), int(entry["accum"]))
+            micro = collate_step(rows, job.model, job.loop.seed, int(entry["step"]), dp_rank)
+            stepper.step.train(opt, sched, micro, lambdas=entry["lambdas"], world_target=world_target)
+        root = merkle_root([leaf for _, leaf in sharded_weights_leaves(ckpt.model_state(stepper.module))])
         if rank == 0:
-            Path(result_file).write_text(json.dumps({"root": weights_root(state)}))
+            Path(result_file).write_text(json.dumps({"root": root}))
     finally:
         dist.destroy_process_group()
     # The root is written and the group destroyed: leave without interpreter
@@ -108,30 +86,43 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
     os._exit(0)
 
 
+def _orders(job: dict[str, Any], phases: set[int]) -> dict[str, dict[str, Any]]:
+    """Each replayed phase's corpus order (paths and row counts) from its manifest."""
+    from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.train.phases import corpus_of
+    from ogi_ray.train.stream import CorpusOrder
+
+    out = {}
+    for p in sorted(phases):
+        folder = corpus_of(job, p)
+        order = CorpusOrder.of(folder, load_manifest(folder))
+        out[str(p)] = {"paths": list(order.paths), "rows": list(order.rows)}
+    return out
+
+
 def replay_segment(run_dir: Any, rec_i: dict[str, Any], rec_next: dict[str, Any]) -> list[str]:
-    """Replay the steps from checkpoint ``rec_i`` to ``rec_next``; [] when it reproduces."""
+    """Replay the steps from checkpoint ``rec_i`` to ``rec_next``; [] when it reproduces.
+    ``run_dir``: the run folder (a local path or any pyarrow URI)."""
     import torch.multiprocessing as mp
 
-    from ogi_ray.corpus.manifest import shard_paths
-    from ogi_ray.train.phases import corpus_of
+    from ogi_ray.storage import Store
 
-    run = Path(str(run_dir))
+    run = Store(str(run_dir))
     where = f"replay {rec_i['step']}→{rec_next['step']}"
-    seg_path = run / rec_next["checkpoint"] / "segment.json"
-    if not seg_path.is_file():
-        return [f"{where}: {seg_path} is missing (no per-step record of λ and data cursor)"]
-    segment = json.loads(seg_path.read_text())
-    job = json.loads((run / "lineage" / "configs" / f"{rec_i['config_hash']}.json").read_text())
+    seg_rel = f"{rec_next['checkpoint']}/segment.json"
+    if not run.is_file(seg_rel):
+        return [f"{where}: {run.where(seg_rel)} is missing (no per-step record of λ and data cursor)"]
+    segment = json.loads(run.read_bytes(seg_rel))
+    job = json.loads(run.read_bytes(f"lineage/configs/{rec_i['config_hash']}.json"))
     if job["device"]["device"] == "cuda":
         return [f"{where}: recorded on GPU; replay on CPU compares within {GPU_TOLERANCE} (not run here)"]
-    state = json.loads((run / rec_next["checkpoint"] / "train_state.json").read_text())
+    state = json.loads(run.read_bytes(f"{rec_next['checkpoint']}/train_state.json"))
     world, threads = int(state.get("world_size", 1)), int(state.get("threads", 1))
-    layout = state.get("parallel") or {"dp": world, "tp": 1, "pp": 1}  # runs before 3-D layouts
     spec = {
-        "job": job, "start_ckpt": str(run / rec_i["checkpoint"]), "segment": segment,
-        "shards": {str(p): shard_paths(corpus_of(job, p)) for p in {int(e.get("phase", 0)) for e in segment}},
-        "threads": threads, "parallel": layout,
-        "batch_size": state.get("batch_size"),
+        "job": job, "start_ckpt": run.where(rec_i["checkpoint"]), "segment": segment, "threads": threads,
+        "orders": _orders(job, {int(e.get("phase", 0)) for e in segment}),
+        "parallel": state.get("parallel") or {"dp": world, "tp": 1, "pp": 1},
+        "batch_size": state.get("batch_size") or job["data"]["batch_size"],
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"

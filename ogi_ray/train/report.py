@@ -1,24 +1,24 @@
-"""``ogi report RUN``: PNG plots and a Markdown summary of a run, from its metrics.jsonl.
+"""``ogi report RUN``: PNG plots and a Markdown summary of a run, from its metrics log.
 
-    metrics.jsonl (one JSON object per step; a restarted run repeats some steps, the last
-    occurrence wins) ─► losses.png, lambdas.png, gradnorms.png, lr.png, batch.png,
-    throughput.png ─► report.md (first/last-10 % loss means, tuner balance, throughput)
+    RUN/metrics/*.jsonl (train/metrics_log.py; a restarted run repeats some steps, the
+    last occurrence wins) ─► losses.png, lambdas.png, gradnorms.png, lr.png, batch.png,
+    throughput.png ─► report.md (first/last-10 % loss means, tuner balance, throughput),
+    all written into the run folder (a local folder or any pyarrow URI)
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from ogi_ray.storage import Store
+from ogi_ray.train.metrics_log import by_step, read_rows
 
-def load_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_step[int(row["step"])] = row
-    return [by_step[s] for s in sorted(by_step)]
+
+def load_metrics(run: Store, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    return by_step(read_rows(run, notes))
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -36,7 +36,7 @@ def phase_starts(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return out
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], title: str, log: bool = False) -> None:
+def _plot(path: tuple[Store, str], rows: list[dict[str, Any]], keys: list[str], title: str, log: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,8 +56,10 @@ def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], title: str, l
     if len(keys) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
     plt.close(fig)
+    path[0].write_atomic(path[1], buf.getvalue())
 
 
 def balance(rows: list[dict[str, Any]], after: int = 0) -> tuple[float | None, list[float]]:
@@ -72,34 +74,35 @@ def balance(rows: list[dict[str, Any]], after: int = 0) -> tuple[float | None, l
     return sum(x <= 2.0 for x in ratios) / len(ratios), ratios
 
 
-def run_tuner_warmup(run: Path, default: int = 10) -> int:
+def run_tuner_warmup(run: Store, default: int = 10) -> int:
     """The tuner warm-up of the run's saved job config(s) (the largest, if several)."""
     found = []
-    for p in (run / "lineage" / "configs").glob("*.json"):
+    for name in run.list_files("lineage/configs"):
         try:
-            found.append(int(json.loads(p.read_text())["tuner"]["warmup"]))
+            found.append(int(json.loads(run.read_bytes(f"lineage/configs/{name}"))["tuner"]["warmup"]))
         except (ValueError, KeyError, TypeError):
             continue
     return max(found) if found else default
 
 
-def write_report(run_dir: str | Path, warmup: int | None = None) -> Path:
-    """``warmup``: steps excluded from the balance figure; None = the run's tuner.warmup."""
-    run = Path(run_dir)
+def write_report(run_dir: str | Path | Store, warmup: int | None = None) -> str:
+    """``warmup``: steps excluded from the balance figure; None = the run's tuner.warmup.
+    Returns where report.md was written."""
+    run = run_dir if isinstance(run_dir, Store) else Store(run_dir)
     warmup = run_tuner_warmup(run) if warmup is None else warmup
     rows = load_metrics(run)
     if not rows:
-        raise FileNotFoundError(f"{run}/metrics.jsonl: no rows")
+        raise FileNotFoundError(f"{run.where('metrics')}: no metrics rows")
     objs = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("loss/")})
-    _plot(run / "losses.png", rows, [f"loss/{o}" for o in objs], "loss per objective", log=True)
-    _plot(run / "lambdas.png", rows, [f"lambda/{o}" for o in objs], "loss weights λ")
-    _plot(run / "gradnorms.png", rows, [f"gradnorm/{o}" for o in objs], "smoothed weighted grad norm at h", log=True)
-    _plot(run / "lr.png", rows, ["lr"], "learning rate")
-    _plot(run / "batch.png", rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
-    _plot(run / "throughput.png", rows, ["tokens_per_s"], "tokens/s")
+    _plot((run, "losses.png"), rows, [f"loss/{o}" for o in objs], "loss per objective", log=True)
+    _plot((run, "lambdas.png"), rows, [f"lambda/{o}" for o in objs], "loss weights λ")
+    _plot((run, "gradnorms.png"), rows, [f"gradnorm/{o}" for o in objs], "smoothed weighted grad norm at h", log=True)
+    _plot((run, "lr.png"), rows, ["lr"], "learning rate")
+    _plot((run, "batch.png"), rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
+    _plot((run, "throughput.png"), rows, ["tokens_per_s"], "tokens/s")
     n = len(rows)
     k = max(1, n // 10)
-    lines = [f"# Run report: {run.name}", "", f"{n} steps, {rows[-1].get('tokens_seen', 0)} tokens.", "",
+    lines = [f"# Run report: {run.uri.rpartition('/')[2]}", "", f"{n} steps, {rows[-1].get('tokens_seen', 0)} tokens.", "",
              "| objective | mean loss, first 10 % | mean loss, last 10 % | fell |", "|---|---|---|---|"]  # fmt: skip
     for o in objs:
         first = [r[f"loss/{o}"] for r in rows[:k] if f"loss/{o}" in r]
@@ -123,6 +126,5 @@ def write_report(run_dir: str | Path, warmup: int | None = None) -> Path:
                   + (f", median MFU {100 * sorted(mfu)[len(mfu) // 2]:.2f} %." if mfu else ".")]  # fmt: skip
     lines += ["", "![losses](losses.png) ![lambdas](lambdas.png) ![gradnorms](gradnorms.png)",
               "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)", ""]  # fmt: skip
-    out = run / "report.md"
-    out.write_text("\n".join(lines))
-    return out
+    run.write_atomic("report.md", "\n".join(lines).encode())
+    return run.where("report.md")

@@ -1,12 +1,15 @@
-"""The training step of one (dp, tp, pp) layout, built in one place for the Ray worker
-and the lineage replay.
+"""The model, its layout and its step for one (dp, tp, pp) layout, built in one place for
+the Ray worker and the lineage replay.
 
-    plain model (identical on every rank) + ParallelDims
+    model on the meta device (nothing allocated) + ParallelDims
       ─► 3-D mesh (None for one process)
-      ─► pp > 1: build_pipeline (stage → TP → compile → FSDP → 1F1B schedule)
+      ─► pp > 1: build_pipeline (stage → TP → compile → FSDP → 1F1B schedule whose loss
+                 is train/step.py's PipelineLoss)
          else:   parallel.apply (TP → compile → FSDP)
-      ─► Stepper: the module the optimizer and checkpoints see, and the step and
-         evaluate functions with the object they take
+      ─► materialize: each rank allocates and initialises only its own shards (from the
+         model's per-tensor rule, or left for a checkpoint load to fill)
+      ─► Stepper: the mesh, the module the optimizer and checkpoints see, and the step
+         object (PlainStep | PipelineStep: ``train`` and ``evaluate``)
 
 A replay must rebuild exactly the layout that trained (another layout reduces in another
 order, so the low bits differ); sharing this builder makes that hold by construction.
@@ -14,38 +17,47 @@ order, so the low bits differ); sharing this builder makes that hold by construc
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ogi_ray.model import build
 from ogi_ray.model.config import ModelConfig
+from ogi_ray.model.transformer import initial_value
 from ogi_ray.parallel import apply as par
+from ogi_ray.parallel.device import Placement
 from ogi_ray.parallel.dims import ParallelDims
-from ogi_ray.parallel.pipeline import build_pipeline, pipeline_evaluate, pipeline_train_step
-from ogi_ray.train import loop
+from ogi_ray.parallel.materialize import materialize
+from ogi_ray.parallel.pipeline import build_pipeline
+from ogi_ray.train.step import PipelineLoss, PipelineStep, PlainStep
 
 
 @dataclass
 class Stepper:
     mesh: Any  # the 3-D DeviceMesh, None for one process
     module: nn.Module  # this rank's model or pipeline stage (optimizer, checkpoints)
-    target: Any  # what ``step`` and ``evaluate`` take: the module, or the Pipeline
-    step: Callable[..., dict[str, Any]]  # loop.train_step or pipeline_train_step
-    evaluate: Callable[..., dict[str, float]]  # loop.evaluate or pipeline_evaluate
+    step: PlainStep | PipelineStep
     n_microbatches: int  # schedule micro-batches per step under pp; 0 without a pipeline
 
 
 def build_stepper(
-    model: nn.Module, dims: ParallelDims, cfg: ModelConfig, device: torch.device,
-    *, n_microbatches: int, compile: bool,
+    cfg: ModelConfig, dims: ParallelDims, placement: Placement, *, seed: int | None,
+    n_microbatches: int, compile: bool, grad_clip: float,
 ) -> Stepper:  # fmt: skip
-    """Apply ``dims`` to ``model`` (in place, or as this rank's stage when pp > 1)."""
+    """This rank's part of the model for ``dims``, materialised from the init rule for
+    ``seed`` (None: uninitialised shards, for a checkpoint to fill)."""
+    device = placement.device
+    with torch.device("meta"):
+        model = build(cfg)
     mesh = par.build_mesh(device.type, dims) if dims.world_size > 1 else None
+    init = None if seed is None else (lambda name, shape: initial_value(cfg, name, shape, seed))
     if dims.pp > 1:
-        pipe = build_pipeline(model, mesh, cfg, n_microbatches, device, compile=compile)
-        return Stepper(mesh, pipe.module, pipe, pipeline_train_step, pipeline_evaluate, pipe.n_microbatches)
-    module = par.apply(model, mesh, compile=compile)
-    return Stepper(mesh, module, module, loop.train_step, loop.evaluate, 0)
+        loss = PipelineLoss(cfg)
+        pipe = build_pipeline(model, mesh, n_microbatches, device, loss, compile=compile)
+        materialize(pipe.module, device, init)
+        step: PlainStep | PipelineStep = PipelineStep(pipe, loss, cfg, placement, grad_clip)
+        return Stepper(mesh, pipe.module, step, pipe.n_microbatches)
+    module = materialize(par.apply(model, mesh, compile=compile), device, init)
+    return Stepper(mesh, module, PlainStep(module, cfg, placement, grad_clip), 0)

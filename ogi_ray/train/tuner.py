@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -243,20 +242,22 @@ class LossWeightTuner:
         cfg.validate()
         self.cfg = cfg
         self.state = init_state(cfg)
-        # With a state file, every report is persisted (atomically) and a restarted actor
-        # (Ray re-runs __init__) resumes from it: a crash loses nothing already reported.
+        # With a state file (a local path or any pyarrow.fs URI), every report is persisted
+        # (one whole-object write) and a restarted actor (Ray re-runs __init__) resumes
+        # from it: a crash loses nothing already reported.
         self.state_path = state_path
-        if state_path and os.path.isfile(state_path):
-            with open(state_path) as f:
-                self.load_state_dict(json.load(f))
+        self._store = None
+        if state_path:
+            from ogi_ray.storage import Store
+
+            parent, _, self._name = str(state_path).rstrip("/").rpartition("/")
+            self._store = Store(parent or ".")
+            if self._store.is_file(self._name):
+                self.load_state_dict(json.loads(self._store.read_bytes(self._name)))
 
     def _persist(self) -> None:
-        if not self.state_path:
-            return
-        tmp = f"{self.state_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.state_dict(), f)
-        os.replace(tmp, self.state_path)
+        if self._store is not None:
+            self._store.write_atomic(self._name, json.dumps(self.state_dict()).encode())
 
     def report(self, step: int, grad_norms: dict[str, float]) -> None:
         if step <= self.state.last_step:

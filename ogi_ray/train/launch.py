@@ -1,0 +1,297 @@
+"""A training job resolved into one launch plan, printed, then launched on Ray Train.
+
+    JobConfig ─► plan_launch (once, before any worker starts):
+        corpora: every phase's manifest and shard hashes verified
+        model fit: token layout and objectives from the corpora's tokenizers/modalities
+        placement: the tier (node labels), worker count, resources per worker
+        parallel plan: (dp, tp, pp, micro-batches), fixed or from the planner
+        phases: fixed step ranges; storage: the run's URI; backend: NCCL-safe
+      ─► LaunchPlan (plain data: ``describe()`` prints it, tests inspect it)
+      ─► launch: lineage/{manifests,configs} written ─► LineageRegistry and tuner actors
+         ─► TorchTrainer(train_func, storage_path=the run's storage) ─► on failure after
+         Ray's in-place restarts: re-plan the worker count from the tier's live capacity
+         and relaunch from the latest checkpoint (same global batch, so the same cursor)
+
+Workers read their rows straight from the corpus shards (train/stream.py), so the
+trainer is handed no Ray Dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ogi_ray.canonical import canonical_json, hash_canonical
+from ogi_ray.config import ConfigError, to_dict
+from ogi_ray.parallel.device import process_group_backend, use_gpu
+from ogi_ray.storage import Store, absolute
+from ogi_ray.train import phases as phases_mod
+from ogi_ray.train import placement
+from ogi_ray.train.config import JobConfig
+from ogi_ray.train.phases import Phase
+from ogi_ray.train.stream import CorpusOrder
+
+log = logging.getLogger(__name__)
+
+
+# ── the pieces of the plan (pure functions of the job and the corpora) ──────────────
+
+
+def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
+    """Fill the model's token layout from the corpus' tokenizers and modalities, and the
+    tuner's objectives from the layout (unless the config names them)."""
+    tok = manifest["tokenizers"]
+    mods = {m for s in manifest["sources"] for m in s["modalities"]}
+    vocab = int(tok["text"]["vocab_size"])
+    if job.model.vocab_size < vocab:
+        raise ConfigError(None, "model.vocab_size", f"{job.model.vocab_size} < corpus vocabulary {vocab}")
+    d = job.data
+    grid = (int(tok["image"]["size"]) // int(tok["image"]["patch"])) ** 2
+    vgrid = (int(tok["video"]["size"]) // int(tok["video"]["patch"])) ** 2
+    model = replace(
+        job.model,
+        n_text=d.seq_len,
+        n_img=grid if "image" in mods else 0, img_dim=int(tok["image"]["dim"]),
+        n_vid=(d.max_video_tubelets // vgrid) * vgrid if "video" in mods else 0,
+        vid_group=vgrid, vid_dim=int(tok["video"]["dim"]),
+        n_aud=d.max_audio_frames if "audio" in mods else 0, aud_dim=int(tok["audio"]["frame"]),
+        n_steps=d.max_steps if mods & {"proprio", "action"} else 0,
+    )  # fmt: skip
+    model.validate()
+    if model.n_vid and "world" not in model.objectives:
+        log.warning("data.max_video_tubelets=%d holds one time chunk of %d tubelets: the world objective "
+                    "(next chunk from the previous ones) is off; give at least %d", d.max_video_tubelets,
+                    vgrid, 2 * vgrid)  # fmt: skip
+    tuner = job.tuner
+    if set(tuner.objectives) != set(model.objectives):
+        tuner = replace(tuner, objectives=model.objectives,
+                        initial={k: v for k, v in (tuner.initial or {}).items() if k in model.objectives} or None)  # fmt: skip
+        tuner.validate()
+    return replace(job, model=model, tuner=tuner)
+
+
+def phase_lambdas(job: JobConfig) -> JobConfig:
+    """Phase λ restricted to the model's objectives (as fit_model_to_corpus does for
+    tuner.initial); a name that is no objective at all is a config error."""
+    from ogi_ray.train.tuner import OBJECTIVES
+
+    out = []
+    for i, p in enumerate(job.phases):
+        if p.lambdas is not None:
+            bad = sorted(set(p.lambdas) - set(OBJECTIVES))
+            if bad:
+                raise ConfigError(None, f"phases[{i}].lambdas", f"unknown objectives {bad} (known: {list(OBJECTIVES)})")
+            p = replace(p, lambdas={k: v for k, v in p.lambdas.items() if k in job.model.objectives} or None)
+        out.append(p)
+    return replace(job, phases=out)
+
+
+def parallel_plan(job: JobConfig, world: int, tier: str | None = None) -> dict[str, int]:
+    """The (dp, tp, pp, microbatches) the workers apply for ``world`` ranks.
+
+    ``parallel.topology: discover`` runs topology discovery on the chosen tier's nodes
+    (Ray tasks; needs a running cluster) and plans on what it finds."""
+    par = job.parallel
+    if par.dp:
+        dims = {"dp": par.dp, "tp": par.tp, "pp": par.pp}
+        if par.dp * par.tp * par.pp != world:
+            raise ConfigError(None, "parallel", f"dp·tp·pp = {par.dp * par.tp * par.pp} but {world} workers")
+    elif par.topology:
+        from ogi_ray.parallel.planner import plan_for_world
+        from ogi_ray.parallel.topology import load_topology
+
+        if par.topology == "discover":
+            from ogi_ray.parallel.discover import discover, to_topology
+
+            topo = to_topology(discover(tier, probe=True), name=f"discovered-{tier or 'all'}")
+        else:
+            topo = load_topology(par.topology)
+        best = plan_for_world(job.model, world, topo, global_batch=job.data.batch_size * world)
+        dims = {"dp": best.dp, "tp": best.tp, "pp": best.pp}
+        par = replace(par, microbatches=par.microbatches or best.microbatches)
+    else:
+        dims = {"dp": world, "tp": 1, "pp": 1}
+    return {**dims, "microbatches": par.microbatches or dims["pp"]}
+
+
+def launch_shape(job: JobConfig, res: dict[str, float], attempt: int) -> tuple[str | None, dict[str, Any], dict[str, int]]:
+    """(tier, ScalingConfig kwargs, parallel plan) for one launch. A relaunch shrinks (or
+    grows back) to what the tier holds now."""
+    tier, extra = placement.resolve_for_job(job.placement, job.workers.num_workers, res)
+    scaling = {"num_workers": job.workers.num_workers, "use_gpu": "GPU" in res, "resources_per_worker": res}
+    if attempt:
+        cap = placement.tier_capacity(tier, res) if tier else job.workers.num_workers
+        scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
+    scaling.update(extra)
+    return tier, scaling, parallel_plan(job, max(int(scaling["num_workers"]), 1), tier)
+
+
+# ── the plan ────────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class LaunchPlan:
+    """Everything a launch needs, resolved before any worker starts."""
+
+    job: JobConfig  # fitted: layout, objectives, phase λ, total steps
+    job_dict: dict[str, Any]  # the recorded (hashed) config
+    config_hash: str
+    run_uri: str
+    phases: list[Phase]
+    manifests: list[dict[str, Any]]
+    orders: list[CorpusOrder]
+    heldout: list[list[str]]
+    resources: dict[str, float]  # per worker
+    tier: str | None
+    scaling: dict[str, Any]
+    parallel: dict[str, int]
+    global_rows: int  # rows per global micro-batch (fixed for the run: the cursor's unit)
+    backend: str
+    n_params: int
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        j, p = self.job, self.parallel
+        lines = [
+            f"run        {self.run_uri}",
+            f"model      {j.model.preset}: {self.n_params / 1e6:.1f} M params, {j.model.layout.seq_len} slots, "
+            f"objectives {', '.join(j.model.objectives)}",
+            f"workers    {self.scaling['num_workers']} × {self.resources} on tier {self.tier or '(any node)'}, "
+            f"backend {self.backend}",
+            f"layout     dp {p['dp']} × tp {p['tp']} × pp {p['pp']}, {p['microbatches']} pipeline micro-batches",
+            f"batch      {self.global_rows} rows per global micro-batch × {j.data.accum_steps} micro-batches per step",
+        ]
+        for ph in self.phases:
+            lines.append(f"phase      {ph.name}: steps {ph.start}–{ph.end - 1} on {ph.corpus} "
+                         f"({ph.total_rows} rows, manifest {ph.manifest_hash[:12]})")  # fmt: skip
+        return "\n".join(lines + [f"note       {n}" for n in self.notes])
+
+    def worker_config(self, registry: str, tuner: str | None, batch_size: int, parallel: dict[str, int]) -> dict[str, Any]:
+        """train_func's config (plain data: Ray ships it to every worker)."""
+        return {
+            "job": self.job_dict, "run_uri": self.run_uri, "run_name": self.job.run.name,
+            "config_hash": self.config_hash, "registry": registry, "tuner": tuner,
+            "batch_size": batch_size, "plan": parallel, "phases": [asdict(p) for p in self.phases],
+            "orders": [{"paths": list(o.paths), "rows": list(o.rows)} for o in self.orders],
+            "heldout": self.heldout,
+        }  # fmt: skip
+
+
+def plan_launch(job: JobConfig) -> LaunchPlan:
+    """Resolve ``job`` (on the connected Ray cluster, for placement) into a LaunchPlan."""
+    import torch
+
+    from ogi_ray.model import build
+
+    corpora = phases_mod.phase_corpora(job.phases, job.data.corpus)  # verified once
+    where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
+    job = phase_lambdas(fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where)))
+    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if use_gpu(job.device) else {})}
+    for key, value in placement.start_timeout_env(job.placement).items():
+        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
+    tier, scaling, par = launch_shape(job, res, 0)
+    global_rows = job.data.batch_size * par["dp"]  # per dp rank × the first plan's dp
+    with torch.device("meta"):  # parameter count for compute-optimal budgets, no memory
+        n_params = build(job.model).num_params()
+    phases = phases_mod.resolve_phases(
+        job.phases, corpora, default_lambdas=job.tuner.initial, total_steps=job.loop.steps,
+        rows_per_step=global_rows * job.data.accum_steps, n_params=n_params, seq_len=job.data.seq_len,
+    )  # fmt: skip
+    job = phases_mod.with_total_steps(job, phases)
+    job_dict = to_dict(job)
+    if job.data.corpus:
+        job_dict["data"]["corpus"] = absolute(job.data.corpus)
+    for p, ph in zip(job_dict["phases"], phases, strict=False):
+        p["corpus"] = ph.corpus  # resolved: records and replay find the phase's shards
+    return LaunchPlan(
+        job=job, job_dict=job_dict, config_hash=hash_canonical(job_dict), run_uri=job.run.run_uri,
+        phases=phases, manifests=[m for _, m in corpora],
+        orders=[CorpusOrder.of(folder, m) for folder, m in corpora],
+        heldout=[CorpusOrder.of(folder, m, "heldout").paths for folder, m in corpora],
+        resources=res, tier=tier, scaling=scaling, parallel=par, global_rows=global_rows,
+        backend=process_group_backend("GPU" in res), n_params=n_params,
+    )  # fmt: skip
+
+
+# ── the launch ──────────────────────────────────────────────────────────────────────
+
+
+def _write_lineage_objects(plan: LaunchPlan) -> None:
+    """What every record points to: the manifests and the run config, by hash."""
+    ldir = Store(plan.run_uri).sub("lineage")
+    for m in plan.manifests:
+        ldir.write_atomic(f"manifests/{m['manifest_hash']}.json", canonical_json(m))
+    ldir.write_atomic(f"configs/{plan.config_hash}.json", canonical_json(plan.job_dict))
+
+
+def _actors(plan: LaunchPlan) -> tuple[Any, str, Any, str]:
+    import ray
+
+    from ogi_ray.lineage.registry import LineageRegistry
+    from ogi_ray.train.tuner import LossWeightTuner
+
+    opts = placement.actor_options(plan.job.placement)  # e.g. the head / CPU tier
+    reg_name, tuner_name = f"ogi-lineage-{uuid.uuid4().hex[:8]}", f"ogi-tuner-{uuid.uuid4().hex[:8]}"
+    registry = (ray.remote(LineageRegistry)
+                .options(name=reg_name, num_cpus=0, max_restarts=-1, max_task_retries=3, **opts)
+                .remote(Store(plan.run_uri).where("lineage")))  # fmt: skip
+    # Restartable: a killed tuner comes back with the state of its last report (its file).
+    tuner = (ray.remote(LossWeightTuner)
+             .options(name=tuner_name, num_cpus=0, max_restarts=-1, max_task_retries=-1, **opts)
+             .remote(to_dict(plan.job.tuner), Store(plan.run_uri).where("tuner_state.json")))  # fmt: skip
+    ray.get([registry.get_head.remote(), tuner.weights.remote()])
+    return registry, reg_name, tuner, tuner_name
+
+
+def _trainer(plan: LaunchPlan, config: dict[str, Any], scaling: dict[str, Any]) -> Any:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ogi_ray.train.trainer import train_func
+
+    w = plan.job.workers
+    return TorchTrainer(
+        train_func, train_loop_config=config, scaling_config=ScalingConfig(**scaling),
+        run_config=RunConfig(name=plan.job.run.name, storage_path=absolute(plan.job.run.storage_path),
+                             failure_config=FailureConfig(max_failures=w.max_failures,
+                                                          controller_failure_limit=w.controller_failure_limit)),
+        torch_config=TorchConfig(backend=plan.backend),
+    )  # fmt: skip
+
+
+def launch(plan: LaunchPlan) -> dict[str, Any]:
+    """Run the plan on the connected Ray cluster; returns the run summary."""
+    import ray
+    from ray.train import TrainingFailedError
+
+    _write_lineage_objects(plan)
+    registry, reg_name, tuner, tuner_name = _actors(plan)
+    tier, scaling, par = plan.tier, plan.scaling, plan.parallel
+    job = plan.job
+    # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
+    # own elastic mode loops forever (RAY-NOTES), so elasticity is done here.
+    try:
+        for attempt in range(job.workers.max_relaunches + 1):
+            if attempt:
+                tier, scaling, par = launch_shape(job, plan.resources, attempt)
+            if plan.global_rows % par["dp"]:
+                raise ConfigError(None, "workers.num_workers", f"dp {par['dp']} cannot split the global batch of {plan.global_rows} rows")
+            config = plan.worker_config(reg_name, tuner_name, plan.global_rows // par["dp"], par)
+            try:
+                result = _trainer(plan, config, scaling).fit()
+                break
+            except TrainingFailedError:
+                if attempt == job.workers.max_relaunches:
+                    raise
+        run = Store(plan.run_uri)
+        summary = dict(result.return_value or {})
+        summary.update(run_dir=plan.run_uri, head=ray.get(registry.get_head.remote()), tier=tier,
+                       num_workers=int(scaling["num_workers"]), parallel=par,
+                       checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")))  # fmt: skip
+        return summary
+    finally:
+        ray.kill(registry)
+        ray.kill(tuner)
