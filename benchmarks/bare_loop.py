@@ -6,7 +6,7 @@ GPU smoke test (the same code on CUDA + bf16 by configuration alone).
 
 One process, no Ray, no torch.distributed: rows are read from the Parquet shards with
 pyarrow in corpus order, collated exactly as the Ray worker does (ogi_ray.train.data),
-and stepped with ogi_ray.train.loop.train_step. Prints one JSON line per phase with
+and stepped with ogi_ray.train.step.PlainStep (the worker's step object). Prints one JSON line per phase with
 tokens/s, MFU against the device's peak (table entry, else a matmul probe), the loss of
 each objective first → last, and the Merkle root of the final weights.
 """
@@ -27,12 +27,12 @@ from ogi_ray.lineage.merkle import weights_root
 from ogi_ray.model import build
 from ogi_ray.parallel.apply import compile_blocks
 from ogi_ray.parallel.device import DeviceConfig, peak_flops, resolve
-from ogi_ray.train import loop
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, seeded_generator
-from ogi_ray.train.driver import fit_model_to_corpus
+from ogi_ray.train.launch import fit_model_to_corpus
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.schedule import lr_at, warmup_steps
+from ogi_ray.train.step import PlainStep, make_world_target
 from ogi_ray.train.tuner import LossWeightTuner, TunerConfig, imbalance
 
 
@@ -64,11 +64,11 @@ def main() -> None:
     job = fit_model_to_corpus(job, manifest)
     placement = resolve(DeviceConfig(device=args.device, precision=args.precision))
     job = replace(job, device=DeviceConfig(device=placement.device.type, precision=args.precision))
-    torch.manual_seed(0)
-    model = build(job.model).to(placement.device)
-    world_target = loop.make_world_target(model)
+    model = build(job.model, seed=0).to(placement.device)
+    world_target = make_world_target(job.model, 0, placement.device)
     if args.compile:
         compile_blocks(model)
+    step_fn = PlainStep(model, job.model, placement, grad_clip=1.0)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
 
@@ -89,8 +89,7 @@ def main() -> None:
         rows = table.take([(start + i) % table.num_rows for i in range(args.batch)]).to_pydict()
         batch = collate(rows, job.model, seeded_generator(0, step, 0))
         t_data += time.perf_counter() - td
-        m = loop.train_step(model, opt, sched, [batch], cfg=job.model, placement=placement, grad_clip=1.0,
-                            lambdas=lambdas, world_target=world_target)  # fmt: skip
+        m = step_fn.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
         tokens += int(batch["n_tokens"])
         history.append({k: v for k, v in m.items() if k.startswith("loss/")})
         lrs.append(m["lr"])

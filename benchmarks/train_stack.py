@@ -5,8 +5,8 @@
 
 Runs, in one invocation: (1) benchmarks/bare_loop.py in a subprocess (one process, no
 Ray), (2) the same job through ogi_ray.train.driver.train on a local Ray cluster
-(Ray Train, Ray Data streaming, the tuner actor, lineage registry and checkpoints at
-the end). Prints the median text tokens/s of each and their ratio, the stack's median
+(Ray Train, per-rank shard reads with prefetch, the tuner actor, lineage registry and a
+sharded checkpoint at the end). Prints the median text tokens/s of each and their ratio, the stack's median
 data-wait fraction of step time and its median MFU. With --workers 1 both see exactly
 the same rows and per-step randomness.
 """
@@ -51,8 +51,10 @@ def main() -> None:
     import torch
 
     from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.storage import Store
     from ogi_ray.train.config import job_from_dict
     from ogi_ray.train.driver import train
+    from ogi_ray.train.metrics_log import by_step, read_rows
 
     vocab = int(load_manifest(args.corpus)["tokenizers"]["text"]["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,8 +70,8 @@ def main() -> None:
             "run": {"name": "bench", "storage_path": tmp},
         })  # fmt: skip
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        summary = train(job)
-        rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        summary = train(job, quiet=True)
+        rows = by_step(read_rows(Store(summary["run_dir"])))
         ray.shutdown()
     rows = rows[2:]  # warm-up steps excluded, as in the bare loop
     stack_tps = median([r["tokens_per_s"] for r in rows])

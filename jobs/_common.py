@@ -33,9 +33,12 @@ def init_ray() -> None:
 
 
 def output_path(path: str | None, default_name: str, what: str = "--out") -> str:
-    """An absolute output path; relative ones are refused inside a submitted job."""
+    """An absolute output path or an object-store URI (s3://, gs://: every node reaches
+    those); relative paths are refused inside a submitted job."""
     if path is None:
         return str(Path(os.path.expanduser(DEFAULT_STORAGE)).resolve() / default_name)
+    if "://" in path:
+        return path
     p = Path(os.path.expanduser(path))
     if not p.is_absolute() and IN_SUBMITTED_JOB:
         fail(f"{what} {path!r} is relative: a submitted job runs in a temporary copy of the "

@@ -4,7 +4,7 @@
         python jobs/pretrain.py --config jobs/configs/<name>.yaml [--out DIR] [key=value ...]
 
 ``--out`` sets ``run.storage_path``; inside a submitted job the storage path and
-``data.corpus`` must be absolute paths every node can reach (a shared file system).
+``data.corpus`` must be object-store URIs (s3://…) or absolute paths every node can reach.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     storage = output_path(args.out or job.run.storage_path, job.run.name, "run.storage_path")
     job = replace(job, run=replace(job.run, storage_path=storage))
-    if IN_SUBMITTED_JOB and job.data.corpus and not Path(job.data.corpus).is_absolute():
+    corpus = job.data.corpus
+    if IN_SUBMITTED_JOB and corpus and "://" not in corpus and not Path(corpus).is_absolute():
         fail(f"data.corpus {job.data.corpus!r} is relative: give the absolute corpus folder")
     init_ray()
     summary = train(job)

@@ -7,6 +7,7 @@
     ogi lineage verify RUN
     ogi lineage show RUN
     ogi report RUN
+    ogi export RUN [--step N] --out DIR
     ogi plan ...            (scaling planner, when installed: ogi_ray.scaling.cli)
 """
 
@@ -98,6 +99,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ogi_ray.lineage.export import export
+    from ogi_ray.lineage.verify import run_store
+    from ogi_ray.storage import Store
+
+    s = export(run_store(args.run), Store(args.out), args.step, overwrite=args.overwrite)
+    print(f"exported step {s['step']} (record {s['record'][:16]}) to {s['out']}: {', '.join(s['files'])}")
+    print(f"weights root {s['weights_root']} == the record's")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ogi", description="OGI-Ray pretraining")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
@@ -131,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps excluded from the tuner-balance figure (default: the run's tuner.warmup)")
     r.set_defaults(func=_cmd_report)
 
+    e = sub.add_parser("export", help="consolidated safetensors + config of one checkpoint, root checked")
+    e.add_argument("run", help="run folder, demo output folder, or pyarrow URI of a run folder")
+    e.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest record)")
+    e.add_argument("--out", required=True, help="output folder (local or URI); must be empty or absent")
+    e.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    e.set_defaults(func=_cmd_export)
+
     lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)
     from ogi_ray.lineage import cli as lineage_cli
 
@@ -148,13 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ogi_ray.config import ConfigError
     from ogi_ray.corpus.manifest import CorpusError
+    from ogi_ray.lineage.export import ExportError
     from ogi_ray.lineage.record import RecordError
     from ogi_ray.train.placement import TierUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CorpusError, RecordError, TierUnavailableError, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, RecordError, TierUnavailableError, FileNotFoundError, ExportError) as e:
         print(f"ogi: error: {e}", file=sys.stderr)
         return 2
 

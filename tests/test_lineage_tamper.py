@@ -277,3 +277,36 @@ def test_real_replay_reproduces_the_segment_and_catches_a_changed_lambda(demo):
     finally:
         seg.write_bytes(original)
     assert len(problems) == 1 and "differs from the record's" in problems[0], problems
+
+
+def test_export_writes_consolidated_safetensors_whose_root_is_the_records(demo, tmp_path, capsys):
+    """``ogi export``: the sharded step-4 weights as one standard file (and split into
+    several with an index), loadable by safetensors, rooted as the record says; a
+    non-empty --out is refused, and a tampered shard makes the export fail and vanish."""
+    from safetensors.numpy import load_file
+
+    from ogi_ray.cli import main
+    from ogi_ray.lineage.export import ExportError, export
+    from ogi_ray.lineage.merkle import leaf_hash, merkle_root
+    from ogi_ray.storage import Store
+
+    run = _run(demo)
+    head = json.loads((run / "lineage" / "records" / f"{_head(demo)}.json").read_bytes())
+    assert main(["export", str(demo), "--out", str(tmp_path / "one")]) == 0
+    arrays = load_file(str(tmp_path / "one" / "model.safetensors"))
+    st = {"float32": "F32", "float64": "F64", "int64": "I64"}
+    leaves = sorted((n, leaf_hash(n, st[str(a.dtype)], a.shape, a.tobytes())) for n, a in arrays.items())
+    assert merkle_root([leaf for _, leaf in leaves]) == head["weights_root"]
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert config["step"] == 4 and config["ogi_model"]["dim"] == 64 and config["record_hash"] == _head(demo)
+    assert main(["export", str(demo), "--out", str(tmp_path / "one")]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+    split = export(Store(run), Store(tmp_path / "split"), 2, max_file_bytes=200_000)
+    assert split["step"] == 2 and len([f for f in split["files"] if f.startswith("model-")]) > 1
+    index = json.loads((tmp_path / "split" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(arrays)
+    path, offset = _piece(run / "step_000004", "norm.weight")
+    with flipped(path, offset):
+        with pytest.raises(ExportError, match="record says"):
+            export(Store(run), Store(tmp_path / "bad"))
+    assert not list((tmp_path / "bad").glob("*"))

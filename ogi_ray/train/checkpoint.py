@@ -12,7 +12,8 @@ reshards to any layout, and the weights root is computed without gathering.
       segment.json, lineage.json        written by train/lineage_hook.py
 
     save: every rank ─► DCP save plan (replicas written once) ─► ShardWriter (its own
-          files, hashed as they are written) ─► sharded_weights_leaves (one owner per
+          files, hashed as they are written; ``save_async``: staged host copies written
+          by a thread while training goes on) ─► sharded_weights_leaves (one owner per
           tensor hashes it, lineage/sharded.py) ─► root ─► rank 0's small files ─► every
           rank's {file: sha256} gathered on rank 0 (the record's ``files``)
     load: shard headers read once on rank 0 and broadcast ─► DCP load plan against this
@@ -149,13 +150,35 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _save_tensors(store: Store, tensors: dict[str, Any]) -> dict[str, str]:
+@dataclass
+class Pending:
+    """A checkpoint whose shards may still be being written in the background:
+    ``result()`` (collective: every rank calls it at the same step) waits for them and
+    gathers every rank's file hashes on rank 0."""
+
+    root: str
+    leaves: list[tuple[str, bytes]]
+    files: dict[str, str]  # this rank's files written so far (the small ones)
+    writers: list[tuple[str, ShardWriter]]  # (folder, writer)
+
+    def result(self) -> Saved:
+        files = dict(self.files)
+        for folder, w in self.writers:
+            w.join()
+            files |= {f"{folder}/{k}": v for k, v in w.written.items()}
+        merged: dict[str, str] = {}
+        for part in gather_to_rank0(files):
+            merged |= part
+        return Saved(root=self.root, leaves=self.leaves, files=merged)
+
+
+def _save_tensors(store: Store, folder: str, tensors: dict[str, Any], background: bool) -> ShardWriter:
     import torch.distributed.checkpoint as dcp
 
-    writer = ShardWriter(store, _rank())
+    writer = ShardWriter(store.sub(folder), _rank(), background=background)
     with _quiet():
         dcp.save(tensors, storage_writer=writer, no_dist=not _dist())
-    return {f"{store.root.rpartition('/')[2]}/{k}": v for k, v in writer.written.items()}
+    return writer
 
 
 def _small_file(store: Store, rel: str, data: bytes) -> dict[str, str]:
@@ -168,16 +191,27 @@ def save(
     train_state: dict[str, Any], world_target: nn.Module | None,
 ) -> Saved:  # fmt: skip
     """Write the checkpoint folder ``store`` (collective: every rank calls it)."""
+    return save_async(store, module, opt, sched, train_state=train_state, world_target=world_target,
+                      background=False).result()  # fmt: skip
+
+
+def save_async(
+    store: Store, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, *,
+    train_state: dict[str, Any], world_target: nn.Module | None, background: bool = True,
+) -> Pending:  # fmt: skip
+    """``save``, returning once the state is staged (collective). With ``background`` the
+    shards are written by threads while training goes on; the weights root is computed
+    now, before the next optimizer step changes the weights."""
     from safetensors.torch import save as st_save
 
     from ogi_ray.lineage.sharded import sharded_weights_leaves
 
     weights = model_state(module)
-    files = _save_tensors(store.sub(WEIGHTS_DIR), weights)
+    writers = [(WEIGHTS_DIR, _save_tensors(store, WEIGHTS_DIR, weights, background))]
     flat, nested = optim_state(module, opt)
-    files |= _save_tensors(store.sub(OPTIM_DIR), flat)
+    writers.append((OPTIM_DIR, _save_tensors(store, OPTIM_DIR, flat, background)))
     leaves = sharded_weights_leaves(weights)
-    root = merkle_root([leaf for _, leaf in leaves])
+    files: dict[str, str] = {}
     if _rank() == 0:
         state = {**train_state, "optim_groups": _hyper(nested), "sched": sched.state_dict()}
         files |= _small_file(store, TRAIN_STATE, json.dumps(state).encode())
@@ -185,10 +219,7 @@ def save(
         if world_target is not None:
             wt = {k: v.detach().cpu().contiguous() for k, v in world_target.state_dict().items()}
             files |= _small_file(store, WORLD_TARGET, st_save(wt))
-    merged: dict[str, str] = {}
-    for part in gather_to_rank0(files):
-        merged |= part
-    return Saved(root=root, leaves=leaves, files=merged)
+    return Pending(root=merkle_root([leaf for _, leaf in leaves]), leaves=leaves, files=files, writers=writers)
 
 
 # ── load ────────────────────────────────────────────────────────────────────────────

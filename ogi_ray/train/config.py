@@ -53,6 +53,10 @@ class LoopConfig:
     checkpoint_every: int = 10
     log_every: int = 5
     seed: int = 0
+    # Write checkpoint shards in the background (host copies staged, one more copy of a
+    # rank's shard in memory) and record the checkpoint one step later. Off by default:
+    # on 2 CPU cores the write competes with the step (benchmarks/checkpoint_io.py).
+    checkpoint_async: bool = False
 
     def validate(self) -> None:
         if self.steps < 1:

@@ -18,7 +18,7 @@ from typing import Any
 from ogi_ray.canonical import canonical_json
 from ogi_ray.lineage.record import MARKER, make_record, record_hash
 from ogi_ray.storage import Store
-from ogi_ray.train.checkpoint import WEIGHTS_DIR, WEIGHTS_FORMAT, Saved, rng_commitment
+from ogi_ray.train.checkpoint import WEIGHTS_DIR, WEIGHTS_FORMAT, Saved
 
 SEGMENT = "segment.json"
 
@@ -42,21 +42,26 @@ class LineageHook:
         """What a replay needs of one step: step, cursor, phase, λ, micro-batch count."""
         self.segment.append(entry)
 
-    def record(self, store: Store, saved: Saved, *, step: int, manifest_hash: str,
-               cursor: dict[str, int], scores: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    def take_segment(self) -> list[dict[str, Any]]:
+        """The steps since the last checkpoint (the new segment starts empty)."""
+        seg, self.segment = self.segment, []
+        return seg
+
+    def record(self, store: Store, saved: Saved, *, step: int, manifest_hash: str, cursor: dict[str, int],
+               scores: dict[str, float], segment: list[dict[str, Any]], rng: str) -> dict[str, Any]:  # fmt: skip
         """Write segment.json and the marker into the checkpoint folder ``store`` and
         return the record's fields (rank 0; the append waits until Ray has the
         checkpoint)."""
         import ray
 
-        seg = json.dumps(self.segment).encode()
+        seg = json.dumps(segment).encode()
         store.write_atomic(SEGMENT, seg)
         files = {**saved.files, SEGMENT: hashlib.sha256(seg).hexdigest()}
         fields = {
             "run": self.run_name, "step": step, "parent": ray.get(self.registry.get_head.remote()),
             "checkpoint": checkpoint_name(step), "weights_root": saved.root, "weights_hash": "sha256-merkle-v1",
             "weights_file": WEIGHTS_DIR, "weights_format": WEIGHTS_FORMAT, "manifest_hash": manifest_hash,
-            "config_hash": self.config_hash, "rng": rng_commitment(), "eval": scores,
+            "config_hash": self.config_hash, "rng": rng, "eval": scores,
             "data_cursor": dict(cursor), "files": dict(sorted(files.items())),
         }  # fmt: skip
         rec = make_record(**fields)
@@ -69,5 +74,4 @@ class LineageHook:
         import ray
 
         self.last_record = ray.get(self.registry.append.remote(fields))
-        self.segment = []
         return self.last_record

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -79,15 +80,30 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 
 class ShardWriter(StorageWriter):
     """Writes this rank's planned chunks as one safetensors shard into ``store``; after
-    ``dcp.save``, ``written`` maps the file's name to its SHA-256."""
+    ``dcp.save`` (and ``join()`` when ``background``), ``written`` maps the file's name
+    to its SHA-256.
 
-    def __init__(self, store: Store, rank: int) -> None:
+    ``background``: the chunks are staged as host copies (one more copy of this rank's
+    shard in memory) and written by a thread while training goes on; DCP's save returns
+    as soon as they are staged (its write results are metadata, known up front)."""
+
+    def __init__(self, store: Store, rank: int, background: bool = False) -> None:
         super().__init__()
-        self.store, self.rank = store, rank
+        self.store, self.rank, self.background = store, rank, background
         self.written: dict[str, str] = {}
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def reset(self, checkpoint_id: Any = None) -> None:
         self.written = {}
+
+    def join(self) -> None:
+        """Wait for a background write; re-raise its error here."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         pass
@@ -111,20 +127,35 @@ class ShardWriter(StorageWriter):
             fut.set_result([])
             return fut
         items.sort(key=lambda x: x[0].encode("utf-8"))
-        name, digest, results = shard_file_name(self.rank), hashlib.sha256(), []
+        name = shard_file_name(self.rank)
+        results = [WriteResult(index=MetadataIndex(fqn, torch.Size(off)), size_in_bytes=t.numel() * t.element_size(),
+                               storage_data={"file": name}) for fqn, t, off in items]  # fmt: skip
+        if self.background:
+            staged = [(fqn, t.detach().to("cpu", copy=True), off) for fqn, t, off in items]
+            self._thread = threading.Thread(target=self._write_guarded, args=(name, staged), daemon=True)
+            self._thread.start()
+        else:
+            self._write(name, items)
+        fut.set_result(results)
+        return fut
+
+    def _write(self, name: str, items: list[tuple[str, torch.Tensor, tuple[int, ...]]]) -> None:
+        digest = hashlib.sha256()
         with self.store.open_output(name) as f:
-            head = _header([(fqn, t, off) for fqn, t, off in items])
+            head = _header(items)
             f.write(head)
             digest.update(head)
-            for fqn, t, off in items:
+            for _, t, _ in items:  # one tensor on the host at a time
                 data = _tensor_bytes(t.cpu())
                 f.write(data)
                 digest.update(data)
-                results.append(WriteResult(index=MetadataIndex(fqn, torch.Size(off)), size_in_bytes=len(data),
-                                           storage_data={"file": name}))  # fmt: skip
         self.written[name] = digest.hexdigest()
-        fut.set_result(results)
-        return fut
+
+    def _write_guarded(self, name: str, items: list[tuple[str, torch.Tensor, tuple[int, ...]]]) -> None:
+        try:
+            self._write(name, items)
+        except BaseException as e:  # noqa: BLE001 - re-raised by join() on the trainer's thread
+            self._error = e
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         pass  # no central metadata file: every shard's header describes its own pieces

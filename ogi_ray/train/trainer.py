@@ -179,6 +179,7 @@ class Trainer:
                               lambdas=dict(self.lambdas.current))  # fmt: skip
         self.history: list[dict[str, Any]] = []
         self.start_step, self.scores = 0, {}
+        self._pending: dict[str, Any] | None = None  # a checkpoint whose shards are being written
         with torch.device("meta"):  # the full model's count, not this rank's stage
             from ogi_ray.model import build
 
@@ -240,10 +241,13 @@ class Trainer:
                 self.lambdas.sync(st.accum)
             row, t_last = self._step(step, ph, peak, t_last)
             done = step + 1
+            if self._pending is not None and self._pending["step"] < done:
+                self.finish_checkpoint()  # a background save: written while this step ran
             if done % job.loop.checkpoint_every == 0 or done == job.loop.steps or done == ph.end:
                 self._checkpoint(done, ph, row)
             elif self.log is not None and done % job.loop.log_every == 0:
                 self.log.flush()
+        self.finish_checkpoint()
         self.feed.close()
         return self.summary()
 
@@ -297,10 +301,12 @@ class Trainer:
         return b_noise
 
     def _checkpoint(self, done: int, ph: Phase, row: dict[str, Any]) -> None:
+        """Evaluate and save (every rank its shards); the record, Ray's registration and
+        the chain's append follow when the shards are written: now, or with
+        ``loop.checkpoint_async`` at the end of the next step (``finish_checkpoint``)."""
         import ray
-        import ray.train
-        from ray.train import Checkpoint, CheckpointUploadMode
 
+        self.finish_checkpoint()  # one background save at a time
         self.scores = self.stepper.step.evaluate(self.feed.heldout(ph.index), self.world_target)
         tuner = self.lambdas.tuner
         train_state = {**self.state.to_dict(), "rng": ckpt.rng_state(), "gns": self.gns.state_dict(),
@@ -308,19 +314,34 @@ class Trainer:
                        "world_size": self.world, "batch_size": self.spec.batch_size,
                        "parallel": {k: self.spec.plan[k] for k in ("dp", "tp", "pp")},
                        "threads": torch.get_num_threads()}  # fmt: skip
-        name = checkpoint_name(done)
-        store = self.run.sub(name)
-        saved = ckpt.save(store, self.stepper.module, self.opt, self.sched, train_state=train_state,
-                          world_target=self.world_target)  # fmt: skip
-        fields = None
-        report = None
+        store = self.run.sub(checkpoint_name(done))
+        pending = ckpt.save_async(store, self.stepper.module, self.opt, self.sched, train_state=train_state,
+                                  world_target=self.world_target, background=self.job.loop.checkpoint_async)  # fmt: skip
+        self._pending = {"pending": pending, "store": store, "step": done, "row": row, "scores": dict(self.scores),
+                         "manifest_hash": ph.manifest_hash, "cursor": self.state.data_cursor(),
+                         "segment": self.hook.take_segment() if self.hook else [], "rng": ckpt.rng_commitment()}  # fmt: skip
+        if not self.job.loop.checkpoint_async:
+            self.finish_checkpoint()
+
+    def finish_checkpoint(self) -> None:
+        """Complete the pending checkpoint (collective): its record and marker (rank 0),
+        Ray Train's registration (NO_UPLOAD: the files are already in storage), then the
+        chain's append, which makes it the resume point."""
+        import ray.train
+        from ray.train import Checkpoint, CheckpointUploadMode
+
+        if self._pending is None:
+            return
+        p, self._pending = self._pending, None
+        saved = p["pending"].result()
+        name, fields, report = checkpoint_name(p["step"]), None, None
         if self.hook is not None:
-            fields = self.hook.record(store, saved, step=done, manifest_hash=ph.manifest_hash,
-                                      cursor=self.state.data_cursor(), scores=self.scores)  # fmt: skip
+            fields = self.hook.record(p["store"], saved, step=p["step"], manifest_hash=p["manifest_hash"],
+                                      cursor=p["cursor"], scores=p["scores"], segment=p["segment"], rng=p["rng"])  # fmt: skip
             self.log.flush()  # type: ignore[union-attr]
             storage = ray.train.get_context().get_storage()
             report = Checkpoint(path=f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem)
-        ray.train.report({**row, **self.scores}, checkpoint=report, checkpoint_dir_name=name,
+        ray.train.report({**p["row"], **p["scores"]}, checkpoint=report, checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)  # fmt: skip
         if self.hook is not None:
             self.hook.append(fields)  # type: ignore[arg-type]
