@@ -33,11 +33,12 @@ def _init_ray(num_cpus: int | None = None) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ogi_ray.demo import run_demo
+    from ogi_ray.demo import prepare_demo, run_demo
 
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    prepare_demo(out, args.overrides, overwrite=args.overwrite)  # bad input fails before Ray starts
     _init_ray(args.num_cpus)
-    s = run_demo(out, args.overrides)
+    s = run_demo(out, args.overrides, overwrite=args.overwrite)
     print("\n=== ogi demo summary ===")
     print(f"out:             {s['out']}")
     print(f"corpus:          manifest_hash {s['manifest_hash']}  ({s['corpus_seconds']:.0f} s)")
@@ -78,23 +79,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ogi_ray.train.config import load_job
-    from ogi_ray.train.driver import train
+    from ogi_ray.train.launch import launch, place, prepare_launch
 
     job = load_job(args.config, args.overrides)
     if args.out:
         job = replace(job, run=replace(job.run, storage_path=args.out))
+    # The config, the corpora and the run folder are checked before Ray starts.
+    plan = prepare_launch(job, resume=args.resume, config_file=args.config)
     _init_ray(args.num_cpus)
-    print(json.dumps(train(job), indent=2))
+    plan = place(plan)
+    print(plan.describe(), file=sys.stderr, flush=True)
+    print(json.dumps(launch(plan, progress=True), indent=2))  # stdout: only this JSON
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ogi_ray.lineage.verify import run_store
+    from ogi_ray.storage import Store
     from ogi_ray.train.report import write_report
 
     run = run_store(args.run)
-    out = write_report(run, warmup=args.warmup)
-    print(run.read_text("report.md"))
+    notes: list[str] = []
+    out = write_report(run, warmup=args.warmup, out=Store(args.out) if args.out else None,
+                       overwrite=args.overwrite, notes=notes)  # fmt: skip
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    print(Store(out.rpartition("/")[0]).read_text("report.md"))
     print(f"written: {out} and its PNG plots")
     return 0
 
@@ -110,18 +120,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+NUM_CPUS_HELP = "CPUs of the local Ray cluster this command starts (ignored inside `ray job submit`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ogi", description="OGI-Ray pretraining")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
+    p.add_argument("--num-cpus", type=int, default=None, help=NUM_CPUS_HELP)
+    # Also accepted after the subcommand (``ogi train --num-cpus 4 ...``).
+    ray_opts = argparse.ArgumentParser(add_help=False)
+    ray_opts.add_argument("--num-cpus", type=int, default=argparse.SUPPRESS, help=NUM_CPUS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="build a small real corpus, train, verify lineage")
-    d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>)")
-    d.add_argument("overrides", nargs="*", help="job config overrides key.path=value")
+    d = sub.add_parser("demo", parents=[ray_opts], help="build a small real corpus, train, verify lineage")
+    d.add_argument("--out", default=None, help="output folder (default runs/demo-<time>); empty, new, or a previous demo")
+    d.add_argument("--overwrite", action="store_true", help="replace a previous demo's output in --out")
+    d.add_argument("overrides", nargs="*", help="job config overrides key.path=value (jobs/configs/demo.yaml)")
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("corpus", help="build or inspect a corpus").add_subparsers(dest="sub", required=True)
-    cb = c.add_parser("build")
+    cb = c.add_parser("build", parents=[ray_opts])
     cb.add_argument("mixture")
     cb.add_argument("--out", required=True)
     cb.add_argument("--policy", default=None)
@@ -131,16 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("dir")
     ci.set_defaults(func=_cmd_corpus_inspect)
 
-    t = sub.add_parser("train", help="run a training job")
-    t.add_argument("--config", required=True)
-    t.add_argument("--out", default=None, help="storage folder for the run")
-    t.add_argument("overrides", nargs="*", help="key.path=value")
+    t = sub.add_parser("train", parents=[ray_opts], help="run a training job (live progress on stderr, the summary as JSON on stdout)")
+    t.add_argument("--config", required=True, help="job YAML, e.g. jobs/configs/demo.yaml")
+    t.add_argument("--out", default=None, help="run.storage_path: a folder or URI holding the run at OUT/<run.name>")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run already in OUT/<run.name> (refused when its model or corpus differ)")
+    t.add_argument("overrides", nargs="*", help="job config overrides key.path=value")
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("report", help="PNG plots and a Markdown summary of a run")
-    r.add_argument("run")
+    r.add_argument("run", help="run folder, demo output folder, or pyarrow URI of a run folder")
     r.add_argument("--warmup", type=int, default=None,
                    help="steps excluded from the tuner-balance figure (default: the run's tuner.warmup)")
+    r.add_argument("--out", default=None, help="folder for report.md and the plots (default: the run folder)")
+    r.add_argument("--overwrite", action="store_true", help="replace a previous report in --out")
     r.set_defaults(func=_cmd_report)
 
     e = sub.add_parser("export", help="consolidated safetensors + config of one checkpoint, root checked")
@@ -174,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CorpusError, RecordError, TierUnavailableError, FileNotFoundError, ExportError) as e:
+    except (ConfigError, CorpusError, RecordError, TierUnavailableError, FileNotFoundError, FileExistsError,
+            ExportError) as e:
         print(f"ogi: error: {e}", file=sys.stderr)
         return 2
 

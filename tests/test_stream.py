@@ -122,3 +122,36 @@ def test_resume_point_is_the_newer_of_rays_and_the_lineage_heads(tmp_path):
     assert resume_point(run, None, "step_000004") == "step_000004"
     assert resume_point(run, "step_000012", None) is None  # not a complete checkpoint
     assert resume_point(run, None, None) is None
+
+
+def test_lineage_hook_records_every_file_and_appends(tmp_path):
+    """A real single-process checkpoint, the hook's record over its files (hashes
+    checked by hand), the marker, and the chain's append through a plain registry."""
+    import hashlib
+
+    from ogi_ray.lineage.record import read_head, read_record
+    from ogi_ray.lineage.registry import LineageRegistry
+    from ogi_ray.model import build, preset
+    from ogi_ray.train import checkpoint as ckpt
+    from ogi_ray.train.lineage_hook import LineageHook
+    from ogi_ray.train.optim import OptimConfig, build_optimizer
+
+    model = build(preset("tiny", vocab_size=64, n_text=8), seed=1)
+    opt, sched = build_optimizer(model, OptimConfig(), 10)
+    run = Store(tmp_path / "run")
+    saved = ckpt.save(run.sub("step_000002"), model, opt, sched, train_state={"step": 2}, world_target=None)
+    hook = LineageHook(LineageRegistry(run.where("lineage")), "r", "c" * 64)
+    hook.note_step({"step": 0})
+    hook.note_step({"step": 1})
+    fields = hook.record(run.sub("step_000002"), saved, step=2, manifest_hash="a" * 64, cursor={"rows": 16},
+                         scores={"perplexity/x": 3.5}, segment=hook.take_segment(), rng="b" * 64)  # fmt: skip
+    assert hook.segment == []
+    folder = tmp_path / "run" / "step_000002"
+    on_disk = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in folder.rglob("*") if p.is_file() and p.name != "lineage.json"}  # fmt: skip
+    assert fields["files"] == on_disk and "model/shard-00001-model-00001-of-00001.safetensors" in on_disk
+    assert json.loads((folder / "segment.json").read_text()) == [{"step": 0}, {"step": 1}]
+    h = hook.append(fields)
+    assert read_head(run.sub("lineage")) == h == hook.last_record
+    marker = json.loads((folder / "lineage.json").read_text())
+    assert marker == {"record_hash": h, "record": read_record(run.sub("lineage"), h)}

@@ -18,18 +18,51 @@ import yaml
 T = TypeVar("T")
 
 
+COMMAND_LINE = "command line"
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid.
 
-    ``file`` is the YAML file (or ``"<arguments>"``), ``field`` the dotted key path.
+    ``file`` is the YAML file (or ``"command line"`` for a ``key=value`` override),
+    ``field`` the dotted key path. ``problems`` holds every error found at once (this
+    one first); ``str()`` lists them all.
     """
 
     def __init__(self, file: str | Path | None, field: str, message: str) -> None:
         self.file = str(file) if file is not None else "<config>"
         self.field = field
         self.message = message
-        where = f"{self.file}: {field}" if field else self.file
-        super().__init__(f"{where}: {message}")
+        self.problems: list[ConfigError] = [self]
+        super().__init__(self.line)
+
+    @property
+    def line(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.message}"
+
+    @classmethod
+    def many(cls, errors: list[ConfigError]) -> ConfigError:
+        """One error carrying several problems (the first one's file, field, message)."""
+        flat = [p for e in errors for p in e.problems]
+        if len(flat) == 1:
+            return flat[0]
+        first = flat[0]
+        err = cls(first.file, first.field, first.message)
+        err.problems = flat
+        err.args = (f"{len(flat)} problems:\n  " + "\n  ".join(p.line for p in flat),)
+        return err
+
+
+def blame_overrides(err: ConfigError, overrides: typing.Sequence[str]) -> ConfigError:
+    """The same problems, each one at or below an override's key blamed on the command
+    line (with the override as typed) instead of on the YAML file."""
+    keys = [(o.partition("=")[0], o) for o in overrides]
+    out = []
+    for p in err.problems:
+        hit = next((o for k, o in keys if p.field == k or p.field.startswith(k + ".")), None)
+        out.append(ConfigError(COMMAND_LINE, p.field, f"{p.message} (from `{hit}`)") if hit else p)
+    return ConfigError.many(out)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -128,17 +161,20 @@ def from_dict(
         raise ConfigError(file, prefix, f"expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(file, key, f"unknown key (allowed: {', '.join(sorted(fields))})")
+    errors = [ConfigError(file, f"{prefix}.{k}" if prefix else str(k), f"unknown key (allowed: {', '.join(sorted(fields))})")
+              for k in sorted(set(data) - set(fields), key=str)]  # fmt: skip
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], file, key)
+            try:
+                kwargs[name] = _convert(hints[name], data[name], file, key)
+            except ConfigError as e:  # every field's problems are reported at once
+                errors.append(e)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(file, key, "required key is missing")
+            errors.append(ConfigError(file, key, "required key is missing"))
+    if errors:
+        raise ConfigError.many(errors)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -172,12 +208,12 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError("<arguments>", item, "override must look like key.path=value")
+            raise ConfigError(COMMAND_LINE, item, "an override must look like key.path=value")
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError("<arguments>", key, f"{p} is not a mapping")
+                raise ConfigError(COMMAND_LINE, key, f"{p} is not a mapping")
         node[parts[-1]] = yaml.safe_load(raw)
     return data

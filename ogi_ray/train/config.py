@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ogi_ray.config import ConfigError, apply_overrides, from_dict, load_yaml
+from ogi_ray.config import ConfigError, apply_overrides, blame_overrides, from_dict, load_yaml
 from ogi_ray.model.config import PRESETS, ModelConfig
 from ogi_ray.parallel.device import DeviceConfig
 from ogi_ray.train.optim import OptimConfig
@@ -26,7 +26,10 @@ from ogi_ray.train.tuner import TunerConfig
 
 @dataclass(kw_only=True)
 class DataConfig:
-    corpus: str = ""  # corpus folder (manifest.json + shards/)
+    corpus: str = ""  # corpus folder or URI (manifest.json + shards/)
+    # The mixture file the corpus is built from: only named in the error (with the exact
+    # build command) when the corpus folder does not exist yet.
+    mixture: str = ""
     batch_size: int = 8  # rows per data-parallel rank per micro-batch
     accum_steps: int = 2  # micro-batches per optimizer step at the start (>= 2 gives the GNS estimate)
     max_accum_steps: int = 8
@@ -160,6 +163,11 @@ def job_from_dict(data: dict[str, Any], file: str | Path | None = None) -> JobCo
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """The job in YAML file ``path`` with ``key=value`` overrides; every problem is
+    reported at once, those of an override blamed on the command line."""
     data = load_yaml(path)
     apply_overrides(data, overrides or [])
-    return job_from_dict(data, file=path)
+    try:
+        return job_from_dict(data, file=path)
+    except ConfigError as e:
+        raise blame_overrides(e, overrides or []) from None

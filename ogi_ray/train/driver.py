@@ -15,9 +15,10 @@ from ogi_ray.train.launch import LaunchPlan, launch, plan_launch
 __all__ = ["LaunchPlan", "train"]
 
 
-def train(job: JobConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Run a training job on the connected Ray cluster; returns the run summary."""
-    plan = plan_launch(job)
+def train(job: JobConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run a training job on the connected Ray cluster; returns the run summary. A run
+    already in the job's run folder is continued only with ``resume``."""
+    plan = plan_launch(job, resume=resume)
     if not quiet:
         print(plan.describe(), file=sys.stderr, flush=True)
-    return launch(plan)
+    return launch(plan, progress=not quiet)

@@ -180,40 +180,77 @@ class LaunchPlan:
         }  # fmt: skip
 
 
-def plan_launch(job: JobConfig) -> LaunchPlan:
-    """Resolve ``job`` (on the connected Ray cluster, for placement) into a LaunchPlan."""
-    import torch
-
-    from ogi_ray.model import build
-
-    corpora = phases_mod.phase_corpora(job.phases, job.data.corpus)  # verified once
-    where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
-    job = phase_lambdas(fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where)))
-    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if use_gpu(job.device) else {})}
-    for key, value in placement.start_timeout_env(job.placement).items():
-        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
-    tier, scaling, par = launch_shape(job, res, 0)
-    global_rows = job.data.batch_size * par["dp"]  # per dp rank × the first plan's dp
-    with torch.device("meta"):  # parameter count for compute-optimal budgets, no memory
-        n_params = build(job.model).num_params()
+def _phases_for(job: JobConfig, corpora: list[tuple[str, dict[str, Any]]], global_rows: int,
+                n_params: int) -> tuple[JobConfig, list[Phase]]:  # fmt: skip
     phases = phases_mod.resolve_phases(
         job.phases, corpora, default_lambdas=job.tuner.initial, total_steps=job.loop.steps,
         rows_per_step=global_rows * job.data.accum_steps, n_params=n_params, seq_len=job.data.seq_len,
     )  # fmt: skip
-    job = phases_mod.with_total_steps(job, phases)
+    return phases_mod.with_total_steps(job, phases), phases
+
+
+def _recorded(job: JobConfig, phases: list[Phase]) -> dict[str, Any]:
+    """The job config as recorded (and hashed) for the lineage: corpora resolved."""
     job_dict = to_dict(job)
     if job.data.corpus:
         job_dict["data"]["corpus"] = absolute(job.data.corpus)
     for p, ph in zip(job_dict["phases"], phases, strict=False):
         p["corpus"] = ph.corpus  # resolved: records and replay find the phase's shards
+    return job_dict
+
+
+def prepare_launch(job: JobConfig, *, resume: bool = False, config_file: str | None = None) -> LaunchPlan:
+    """Everything that needs no Ray cluster, checked before one starts: the corpora
+    (manifests and shard hashes), the model fit, the phases, the run folder (a run there
+    is resumed only with ``resume``, and only if compatible). Placement (the tier) comes
+    from ``place`` once Ray is up."""
+    import torch
+
+    from ogi_ray.model import build
+    from ogi_ray.train.resume import check_run_folder
+
+    corpora = phases_mod.phase_corpora(job.phases, job.data.corpus, file=config_file,
+                                       mixture=job.data.mixture)  # verified once  # fmt: skip
+    where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
+    job = phase_lambdas(fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where)))
+    res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if use_gpu(job.device) else {})}
+    n = job.workers.num_workers
+    par = parallel_plan(job, max(n, 1)) if job.parallel.topology != "discover" else {"dp": max(n, 1), "tp": 1, "pp": 1, "microbatches": 1}
+    with torch.device("meta"):  # parameter count for compute-optimal budgets, no memory
+        n_params = build(job.model).num_params()
+    job, phases = _phases_for(job, corpora, job.data.batch_size * par["dp"], n_params)
+    job_dict = _recorded(job, phases)
+    check_run_folder(job, job_dict, [m for _, m in corpora], resume=resume)
     return LaunchPlan(
         job=job, job_dict=job_dict, config_hash=hash_canonical(job_dict), run_uri=job.run.run_uri,
         phases=phases, manifests=[m for _, m in corpora],
         orders=[CorpusOrder.of(folder, m) for folder, m in corpora],
         heldout=[CorpusOrder.of(folder, m, "heldout").paths for folder, m in corpora],
-        resources=res, tier=tier, scaling=scaling, parallel=par, global_rows=global_rows,
-        backend=process_group_backend("GPU" in res), n_params=n_params,
+        resources=res, tier=None, scaling={"num_workers": n, "use_gpu": "GPU" in res, "resources_per_worker": res},
+        parallel=par, global_rows=job.data.batch_size * par["dp"], backend=process_group_backend("GPU" in res),
+        n_params=n_params,
     )  # fmt: skip
+
+
+def place(plan: LaunchPlan) -> LaunchPlan:
+    """The plan on the connected cluster: the tier and its capacity (placement.py), and
+    the parallel plan when ``parallel.topology: discover`` probes the tier's nodes."""
+    job = plan.job
+    for key, value in placement.start_timeout_env(job.placement).items():
+        os.environ.setdefault(key, value)  # Ray Train passes it to its controller
+    tier, scaling, par = launch_shape(job, plan.resources, 0)
+    if par == plan.parallel:
+        return replace(plan, tier=tier, scaling=scaling)
+    corpora = [(ph.corpus, m) for ph, m in zip(plan.phases, plan.manifests, strict=True)]
+    job, phases = _phases_for(replace(job, phases=job.phases), corpora, job.data.batch_size * par["dp"], plan.n_params)
+    job_dict = _recorded(job, phases)
+    return replace(plan, job=job, job_dict=job_dict, config_hash=hash_canonical(job_dict), phases=phases,
+                   tier=tier, scaling=scaling, parallel=par, global_rows=job.data.batch_size * par["dp"])  # fmt: skip
+
+
+def plan_launch(job: JobConfig, *, resume: bool = False) -> LaunchPlan:
+    """``prepare_launch`` then ``place`` (on the connected Ray cluster)."""
+    return place(prepare_launch(job, resume=resume))
 
 
 # ── the launch ──────────────────────────────────────────────────────────────────────
@@ -262,13 +299,17 @@ def _trainer(plan: LaunchPlan, config: dict[str, Any], scaling: dict[str, Any]) 
     )  # fmt: skip
 
 
-def launch(plan: LaunchPlan) -> dict[str, Any]:
-    """Run the plan on the connected Ray cluster; returns the run summary."""
+def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
+    """Run the plan on the connected Ray cluster; returns the run summary. ``progress``:
+    a live line on stderr (train/progress.py) while it trains."""
     import ray
     from ray.train import TrainingFailedError
 
+    from ogi_ray.train.progress import Progress
+
     _write_lineage_objects(plan)
     registry, reg_name, tuner, tuner_name = _actors(plan)
+    watch = Progress(Store(plan.run_uri), plan.job.loop.steps).start() if progress else None
     tier, scaling, par = plan.tier, plan.scaling, plan.parallel
     job = plan.job
     # Ray Train restarts a failed group in place (max_failures). Under a tier selector its
@@ -293,5 +334,7 @@ def launch(plan: LaunchPlan) -> dict[str, Any]:
                        checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")))  # fmt: skip
         return summary
     finally:
+        if watch is not None:
+            watch.stop()
         ray.kill(registry)
         ray.kill(tuner)

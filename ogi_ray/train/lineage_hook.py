@@ -27,10 +27,20 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def _call(obj: Any, method: str, *args: Any) -> Any:
+    """``obj.method(*args)`` on a Ray actor handle (waiting for it) or a plain object."""
+    fn = getattr(obj, method)
+    if hasattr(fn, "remote"):
+        import ray
+
+        return ray.get(fn.remote(*args))
+    return fn(*args)
+
+
 @dataclass
 class LineageHook:
-    """Rank 0's half of the lineage per checkpoint (a registry actor handle holds the
-    chain; ``None`` on the other ranks)."""
+    """Rank 0's half of the lineage per checkpoint. ``registry`` holds the chain: the
+    LineageRegistry actor's handle in a run, or a plain LineageRegistry (tests)."""
 
     registry: Any
     run_name: str
@@ -52,13 +62,11 @@ class LineageHook:
         """Write segment.json and the marker into the checkpoint folder ``store`` and
         return the record's fields (rank 0; the append waits until Ray has the
         checkpoint)."""
-        import ray
-
         seg = json.dumps(segment).encode()
         store.write_atomic(SEGMENT, seg)
         files = {**saved.files, SEGMENT: hashlib.sha256(seg).hexdigest()}
         fields = {
-            "run": self.run_name, "step": step, "parent": ray.get(self.registry.get_head.remote()),
+            "run": self.run_name, "step": step, "parent": _call(self.registry, "get_head"),
             "checkpoint": checkpoint_name(step), "weights_root": saved.root, "weights_hash": "sha256-merkle-v1",
             "weights_file": WEIGHTS_DIR, "weights_format": WEIGHTS_FORMAT, "manifest_hash": manifest_hash,
             "config_hash": self.config_hash, "rng": rng, "eval": scores,
@@ -71,7 +79,5 @@ class LineageHook:
     def append(self, fields: dict[str, Any]) -> str:
         """Move the chain's HEAD to the record (idempotent: a retried append of the same
         record returns its hash)."""
-        import ray
-
-        self.last_record = ray.get(self.registry.append.remote(fields))
+        self.last_record = _call(self.registry, "append", fields)
         return self.last_record

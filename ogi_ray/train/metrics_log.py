@@ -4,7 +4,8 @@ Object stores cannot append, so the log is a folder of chunks, each one whole ob
 
     RUN/metrics/<first step, 9 digits>-<wall-clock ns, 20 digits>.jsonl
         one JSON object per step (rank 0's reduced row); a chunk per flush (every
-        ``log_every`` steps and at every checkpoint)
+        ``log_every`` steps and at every checkpoint), written off the training thread
+    RUN/tensorboard/events.out.tfevents.*   the same rows for TensorBoard, a file per chunk
 
 Read back in name order, the chunks are the log in the order it was written: a run
 resumed from a checkpoint writes its redone steps again, in later chunks (``read_rows``
@@ -29,11 +30,17 @@ LEGACY = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Rank 0's buffer of metric rows, flushed to ``store`` as one chunk per flush."""
+    """Rank 0's buffer of metric rows, flushed to ``store`` as one chunk per flush (and,
+    with ``tensorboard``, one TensorBoard event file per chunk: train/progress.py). The
+    writes run on one background thread, off the training step, in flush order."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, tensorboard: bool = True) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.tensorboard = store, tensorboard
         self._rows: list[dict[str, Any]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ogi-metrics")
+        self._last: Any = None
 
     def add(self, row: dict[str, Any]) -> None:
         self._rows.append(row)
@@ -41,9 +48,23 @@ class MetricsLog:
     def flush(self) -> None:
         if not self._rows:
             return
-        name = f"{FOLDER}/{int(self._rows[0]['step']):09d}-{time.time_ns():020d}.jsonl"
-        self.store.write_atomic(name, "".join(json.dumps(r) + "\n" for r in self._rows).encode())
-        self._rows = []
+        rows, self._rows = self._rows, []
+        name = f"{FOLDER}/{int(rows[0]['step']):09d}-{time.time_ns():020d}.jsonl"
+        self._last = self._pool.submit(self._write, name, rows)
+
+    def _write(self, name: str, rows: list[dict[str, Any]]) -> None:
+        self.store.write_atomic(name, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        if self.tensorboard:
+            from ogi_ray.train.progress import tensorboard_chunk
+
+            tensorboard_chunk(self.store, rows)
+
+    def close(self) -> None:
+        """Flush, and wait until every chunk is written (re-raising a failed write)."""
+        self.flush()
+        self._pool.shutdown(wait=True)
+        if self._last is not None:
+            self._last.result()
 
 
 def _lines(raw: bytes, where: str, notes: list[str]) -> list[dict[str, Any]]:

@@ -106,18 +106,30 @@ def merged_manifest(manifests: list[dict[str, Any]], where: list[str]) -> dict[s
     return {**manifests[0], "tokenizers": tokenizers, "sources": [s for m in manifests for s in m["sources"]]}
 
 
-def phase_corpora(phases: list[PhaseConfig], default_corpus: str) -> list[tuple[str, dict[str, Any]]]:
-    """(absolute folder, verified manifest) of each phase's corpus (one entry without
-    phases), checked once here: the manifest and every shard hash."""
-    from ogi_ray.corpus.manifest import verify_corpus
+def phase_corpora(
+    phases: list[PhaseConfig], default_corpus: str, *, file: str | Path | None = None, mixture: str = "",
+) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(absolute folder or URI, verified manifest) of each phase's corpus (one entry
+    without phases), checked once here: the manifest and every shard hash. A missing
+    corpus names the config field and the command that builds it (``mixture``: the
+    mixture file the config says it is built from)."""
+    from ogi_ray.corpus.manifest import MANIFEST, CorpusError, verify_corpus
+    from ogi_ray.storage import Store, absolute
 
     out = []
     for i, p in enumerate(phases or [None]):
         folder = (p.corpus if p else "") or default_corpus
+        where = f"phases[{i}].corpus" if p and p.corpus else "data.corpus"
+        build = f"ogi corpus build {mixture or 'MIXTURE.yaml'} --out {folder or 'DIR'}"
         if not folder:
-            where = f"phases[{i}].corpus" if p else "data.corpus"
-            raise ConfigError(None, where, "no corpus folder given")
-        out.append((str(Path(folder).resolve()), verify_corpus(folder)))
+            raise ConfigError(file, where, f"no corpus folder given: set it to a built corpus (`{build}`)")
+        if not Store(folder).is_file(MANIFEST):
+            raise ConfigError(file, where, f"{folder} is not a built corpus (no {MANIFEST}): build it first "
+                              f"with `{build}`")  # fmt: skip
+        try:
+            out.append((absolute(folder), verify_corpus(folder)))
+        except CorpusError as e:
+            raise ConfigError(file, where, str(e)) from None
     return out
 
 

@@ -16,9 +16,26 @@ from typing import Any
 from ogi_ray.storage import Store
 from ogi_ray.train.metrics_log import by_step, read_rows
 
+PLOTS = ("losses", "lambdas", "gradnorms", "lr", "batch", "throughput")
+REPORT_FILES = ("report.md", *(f"{p}.png" for p in PLOTS))
+
 
 def load_metrics(run: Store, notes: list[str] | None = None) -> list[dict[str, Any]]:
     return by_step(read_rows(run, notes))
+
+
+def check_out(out: Store, run: Store, overwrite: bool) -> None:
+    """The run folder itself takes its report; another folder must be empty or hold only
+    a previous report (replaced with ``overwrite``): no other file is ever replaced."""
+    if out.uri == run.uri or not out.exists():
+        return
+    files = out.list_files(recursive=True)
+    others = [f for f in files if f not in REPORT_FILES]
+    if others:
+        raise FileExistsError(f"{out.uri}: holds files that are not a report ({', '.join(others[:3])}): "
+                              "choose an empty or new folder for --out")  # fmt: skip
+    if files and not overwrite:
+        raise FileExistsError(f"{out.uri}: holds a previous report: pass --overwrite to replace it")
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -85,21 +102,25 @@ def run_tuner_warmup(run: Store, default: int = 10) -> int:
     return max(found) if found else default
 
 
-def write_report(run_dir: str | Path | Store, warmup: int | None = None) -> str:
+def write_report(run_dir: str | Path | Store, warmup: int | None = None, *, out: Store | None = None,
+                 overwrite: bool = False, notes: list[str] | None = None) -> str:  # fmt: skip
     """``warmup``: steps excluded from the balance figure; None = the run's tuner.warmup.
-    Returns where report.md was written."""
+    ``out``: where the report goes (default: the run folder). Returns where report.md
+    was written. ``notes`` receives what was skipped (e.g. a cut-short last line)."""
     run = run_dir if isinstance(run_dir, Store) else Store(run_dir)
+    out = out or run
+    check_out(out, run, overwrite)
     warmup = run_tuner_warmup(run) if warmup is None else warmup
-    rows = load_metrics(run)
+    rows = load_metrics(run, notes)
     if not rows:
-        raise FileNotFoundError(f"{run.where('metrics')}: no metrics rows")
+        raise FileNotFoundError(f"{run.where('metrics')}: no metrics log (no training step was logged in this run)")
     objs = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("loss/")})
-    _plot((run, "losses.png"), rows, [f"loss/{o}" for o in objs], "loss per objective", log=True)
-    _plot((run, "lambdas.png"), rows, [f"lambda/{o}" for o in objs], "loss weights λ")
-    _plot((run, "gradnorms.png"), rows, [f"gradnorm/{o}" for o in objs], "smoothed weighted grad norm at h", log=True)
-    _plot((run, "lr.png"), rows, ["lr"], "learning rate")
-    _plot((run, "batch.png"), rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
-    _plot((run, "throughput.png"), rows, ["tokens_per_s"], "tokens/s")
+    _plot((out, "losses.png"), rows, [f"loss/{o}" for o in objs], "loss per objective", log=True)
+    _plot((out, "lambdas.png"), rows, [f"lambda/{o}" for o in objs], "loss weights λ")
+    _plot((out, "gradnorms.png"), rows, [f"gradnorm/{o}" for o in objs], "smoothed weighted grad norm at h", log=True)
+    _plot((out, "lr.png"), rows, ["lr"], "learning rate")
+    _plot((out, "batch.png"), rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
+    _plot((out, "throughput.png"), rows, ["tokens_per_s"], "tokens/s")
     n = len(rows)
     k = max(1, n // 10)
     lines = [f"# Run report: {run.uri.rpartition('/')[2]}", "", f"{n} steps, {rows[-1].get('tokens_seen', 0)} tokens.", "",
@@ -126,5 +147,5 @@ def write_report(run_dir: str | Path | Store, warmup: int | None = None) -> str:
                   + (f", median MFU {100 * sorted(mfu)[len(mfu) // 2]:.2f} %." if mfu else ".")]  # fmt: skip
     lines += ["", "![losses](losses.png) ![lambdas](lambdas.png) ![gradnorms](gradnorms.png)",
               "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)", ""]  # fmt: skip
-    run.write_atomic("report.md", "\n".join(lines).encode())
-    return run.where("report.md")
+    out.write_atomic("report.md", "\n".join(lines).encode())
+    return out.where("report.md")

@@ -34,7 +34,7 @@ from ogi_ray.storage import Store
 from ogi_ray.train import checkpoint as ckpt
 from ogi_ray.train.config import JobConfig, job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, collate_step, read_heldout, seeded_generator
-from ogi_ray.train.lineage_hook import LineageHook, checkpoint_name
+from ogi_ray.train.lineage_hook import LineageHook, _call, checkpoint_name
 from ogi_ray.train.metrics_log import MetricsLog, reduce_metrics
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.phases import Phase, phase_at
@@ -194,7 +194,7 @@ class Trainer:
 
         name = None
         if self.rank == 0:
-            head = ray.get(self.hook.registry.head_record.remote())  # type: ignore[union-attr]
+            head = _call(self.hook.registry, "head_record")  # type: ignore[union-attr]
             name = resume_point(self.run, ray_checkpoint, head["checkpoint"] if head else None)
         name = ckpt.broadcast_object(name)
         if name is not None:
@@ -249,6 +249,8 @@ class Trainer:
                 self.log.flush()
         self.finish_checkpoint()
         self.feed.close()
+        if self.log is not None:
+            self.log.close()
         return self.summary()
 
     def _step(self, step: int, ph: Phase, peak: float, t_last: float) -> tuple[dict[str, Any], float]:
