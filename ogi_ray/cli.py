@@ -139,13 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("corpus", help="build or inspect a corpus").add_subparsers(dest="sub", required=True)
     cb = c.add_parser("build", parents=[ray_opts])
-    cb.add_argument("mixture")
-    cb.add_argument("--out", required=True)
-    cb.add_argument("--policy", default=None)
-    cb.add_argument("--seed", type=int, default=None)
+    cb.add_argument("mixture", help="mixture YAML, e.g. datasets/demo.yaml")
+    cb.add_argument("--out", required=True, help="corpus folder to write")
+    cb.add_argument("--policy", default=None, help="license policy YAML (default datasets/policy.yaml)")
+    cb.add_argument("--seed", type=int, default=None, help="override the mixture's seed")
     cb.set_defaults(func=_cmd_corpus_build)
     ci = c.add_parser("inspect")
-    ci.add_argument("dir")
+    ci.add_argument("dir", help="a built corpus folder")
     ci.set_defaults(func=_cmd_corpus_inspect)
 
     t = sub.add_parser("train", parents=[ray_opts], help="run a training job (live progress on stderr, the summary as JSON on stdout)")

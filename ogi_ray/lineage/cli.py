@@ -65,9 +65,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
-    from ogi_ray.lineage.prove import ProofError, prove
+    from ogi_ray.lineage.prove import ProofError, prove, tensor_names
 
     try:
+        if args.tensor is None:
+            names = tensor_names(args.run, args.step)
+            print(f"step {args.step} has {len(names)} tensors; name one of them:\n  " + "\n  ".join(names))
+            return 2
         proof = prove(args.run, args.step, args.tensor)
     except ProofError as e:
         print(f"ogi: error: {e}", file=sys.stderr)
@@ -95,8 +99,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | None = None) -> None:
     """Add verify/show/prove/sign/keygen to the ``ogi lineage`` subparsers object."""
+    run_help = "run folder, a folder holding one run (ogi train/demo --out), or the pyarrow URI of a run folder"
     v = lineage_subparsers.add_parser("verify", help="re-derive every hash of a run")
-    v.add_argument("run", help="run folder, demo output folder, or pyarrow URI of a run folder")
+    v.add_argument("run", help=run_help)
     v.add_argument("--pubkey", default=None, help="ed25519 public key (PEM): every record must be signed")
     v.add_argument("--replay", type=int, default=0, metavar="N",
                    help="replay the N segments with the largest weight updates")  # fmt: skip
@@ -104,18 +109,18 @@ def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | N
     v.add_argument("--no-corpus", action="store_true", help="do not re-verify the corpus shards")
     v.set_defaults(func=_cmd_verify, replay_fn=replay)
     s = lineage_subparsers.add_parser("show", help="list the chain, newest first")
-    s.add_argument("run")
+    s.add_argument("run", help=run_help)
     s.set_defaults(func=_cmd_show)
     p = lineage_subparsers.add_parser("prove", help="Merkle proof of one tensor against a record")
-    p.add_argument("run")
-    p.add_argument("step", type=int)
-    p.add_argument("tensor")
+    p.add_argument("run", help=run_help)
+    p.add_argument("step", type=int, help="the record's step")
+    p.add_argument("tensor", nargs="?", default=None, help="tensor name (omit it to list the names)")
     p.set_defaults(func=_cmd_prove)
     g = lineage_subparsers.add_parser("sign", help="ed25519-sign every unsigned record of the chain")
-    g.add_argument("run")
+    g.add_argument("run", help=run_help)
     g.add_argument("--key", required=True, help="ed25519 private key (PEM, PKCS#8)")
     g.set_defaults(func=_cmd_sign)
     k = lineage_subparsers.add_parser("keygen", help="write a new ed25519 key pair (PEM)")
-    k.add_argument("private")
-    k.add_argument("public")
+    k.add_argument("private", help="where the private key goes (keep it secret)")
+    k.add_argument("public", help="where the public key goes (for verify --pubkey)")
     k.set_defaults(func=_cmd_keygen)

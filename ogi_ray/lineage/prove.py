@@ -42,19 +42,28 @@ def check_proof(proof: dict[str, Any]) -> bool:
     return fold(proof["leaf"], proof["path"]) == proof["root"]
 
 
-def prove(run: str | Path, step: int, tensor: str) -> dict[str, Any]:
-    """Inclusion proof of ``tensor`` in the checkpoint recorded at ``step`` (JSON-ready);
-    ``ok`` says whether it checks against the record's ``weights_root``."""
-    store = run_store(run)
+def _record(store: Any, step: int) -> tuple[str, dict[str, Any]]:
     ldir = store.sub("lineage")
     h = read_head(ldir)
     while h:
         rec = read_record(ldir, h)
         if rec["step"] == step:
-            break
+            return h, rec
         h = rec["parent"]
-    else:
-        raise ProofError(f"{ldir.path()}: no record at step {step} on the chain")
+    raise ProofError(f"{ldir.uri}: no record at step {step} on the chain")
+
+
+def tensor_names(run: str | Path, step: int) -> list[str]:
+    """The tensors of the checkpoint recorded at ``step``, in canonical order."""
+    store = run_store(run)
+    return Weights(store, _record(store, step)[1]).names()
+
+
+def prove(run: str | Path, step: int, tensor: str) -> dict[str, Any]:
+    """Inclusion proof of ``tensor`` in the checkpoint recorded at ``step`` (JSON-ready);
+    ``ok`` says whether it checks against the record's ``weights_root``."""
+    store = run_store(run)
+    h, rec = _record(store, step)
     weights = Weights(store, rec)
     named = list(weights.leaves())
     names, leaves = [n for n, _ in named], [leaf for _, leaf in named]

@@ -40,18 +40,20 @@ _LINEAGE_NAME = re.compile(r"(records|manifests|configs)/[0-9a-f]{64}\.json|sign
 
 
 def find_run_dir(path: str | Path) -> Path:
-    """Accept a run folder, or a demo output folder holding one run under ``train/``."""
+    """Accept a run folder, or a folder holding one run at most two levels down: the
+    ``--out`` of ``ogi train`` (OUT/<run.name>) or of ``ogi demo`` (OUT/train/demo)."""
     p = Path(path)
     if (p / "lineage").is_dir():
         return p
-    runs = sorted(q.parent.parent for q in p.glob("*/*/lineage/HEAD")) + sorted(
-        q.parent for q in p.glob("*/lineage/HEAD")
-    )  # fmt: skip
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such folder")
+    runs = sorted({q.parent.parent for pattern in ("*/lineage/HEAD", "*/*/lineage/HEAD") for q in p.glob(pattern)})
     if len(runs) == 1:
         return runs[0]
     if not runs:
-        raise FileNotFoundError(f"{p}: no lineage/ folder found (is this a run folder?)")
-    raise FileNotFoundError(f"{p}: several runs found, name one: {[str(r) for r in runs]}")
+        raise FileNotFoundError(f"{p}: no run found (a run folder holds lineage/HEAD; none here or in the "
+                                "two levels below)")  # fmt: skip
+    raise FileNotFoundError(f"{p}: {len(runs)} runs found, name one: {', '.join(str(r) for r in runs)}")
 
 
 def run_store(path: str | Path) -> Store:
@@ -265,9 +267,11 @@ def verify_run(
     if not ldir.is_file("HEAD"):
         return [f"{ldir.path('HEAD')}: missing"]
     raw_head = ldir.read_bytes("HEAD")
-    head = raw_head.decode("ascii", "replace").strip()
+    head = raw_head.decode("utf-8", "replace").strip()
     if not HEX64.fullmatch(head) or raw_head != (head + "\n").encode():
-        problems.append(f"{ldir.path('HEAD')}: must be 64 lowercase hex digits and a newline, got {raw_head[:80]!r}")
+        # The root cause: everything else hangs off HEAD, so nothing more is reported.
+        text = json.dumps(raw_head[:80].decode("utf-8", "replace"), ensure_ascii=False)
+        return [f"{ldir.where('HEAD')}: must be 64 lowercase hex digits and a newline, got {text}"]
     manifests, configs = _check_store_objects(ldir, problems)
     chain = _walk_chain(ldir, head, problems)
     for h, rec in chain:

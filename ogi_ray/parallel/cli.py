@@ -153,9 +153,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="NAME",
                    help=f"ogi preset (tiny, small, base) or {', '.join(REFERENCE_MODELS)}")
     p.add_argument("--params", type=_positive(float), metavar="N", help="parameters, e.g. 175e9")
-    p.add_argument("--layers", type=_positive(int), metavar="L")
-    p.add_argument("--hidden", type=_positive(int), metavar="H")
-    p.add_argument("--heads", type=_positive(int), metavar="A")
+    p.add_argument("--layers", type=_positive(int), metavar="L", help="transformer blocks (with --params)")
+    p.add_argument("--hidden", type=_positive(int), metavar="H", help="model width (with --params)")
+    p.add_argument("--heads", type=_positive(int), metavar="A", help="attention heads (with --params)")
     p.add_argument("--seq", type=_positive(int), metavar="S", help="sequence length (tokens)")
     p.add_argument("--global-batch", type=_positive(int), metavar="B",
                    help="sequences per optimizer step")

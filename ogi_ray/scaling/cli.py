@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fit the law to RUNS.csv (columns N, D, loss; others "
         "ignored): Huber(1e-3) on log loss, L-BFGS from Hoffmann's grid.",
     )
-    f.add_argument("runs", metavar="RUNS.csv")
+    f.add_argument("runs", metavar="RUNS.csv", help="CSV of finished runs: params, tokens, loss (one row each)")
     f.add_argument("--json", action="store_true", help="print the fit as JSON")
     f.add_argument("--plot", metavar="PNG", help="write a plot of data, fit and frontier")
     f.add_argument(
