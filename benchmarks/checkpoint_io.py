@@ -134,7 +134,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out: str) -> None:
             rec = make_record(run="bench", step=1, parent="", checkpoint="step_000001",
                               weights_root=saved.root, weights_hash="sha256-merkle-v1", weights_file="model",
                               weights_format=ckpt.WEIGHTS_FORMAT, manifest_hash="0" * 64, config_hash="0" * 64,
-                              rng=ckpt.rng_commitment(), eval={}, data_cursor={"rows": 1}, files=saved.files)  # fmt: skip
+                              rng=ckpt.rng_commitment(0), eval={}, data_cursor={"rows": 1}, files=saved.files)  # fmt: skip
             Store(tmp).write_atomic("lineage.json", json.dumps(rec).encode())
         dist.barrier()
     res["save_s"] = time.perf_counter() - t0

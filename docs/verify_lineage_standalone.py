@@ -28,6 +28,20 @@ RECORD_KEYS = {1: RECORD_KEYS_V1, 2: RECORD_KEYS_V1 | {"files"}, 3: RECORD_KEYS_
 RECORD_TYPES = {"step": int, "files": dict, "data_cursor": dict, "eval": dict, "weights_format": str}
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 RECORD_TYPES.update({k: str for k in RECORD_KEYS_V1 - {"schema", "step", "data_cursor", "eval"}})
+DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]{6}|nan|-?inf")  # eval scores: Python's "%.6f"
+
+
+def record_ok(rec: object) -> bool:
+    """Exactly the schema's keys with their types (no bool for int), integer cursor
+    counters and six-decimal eval strings."""
+    if not isinstance(rec, dict) or set(rec) != RECORD_KEYS.get(rec.get("schema"), set()):
+        return False
+    if not all(isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in RECORD_TYPES.items() if k in rec):
+        return False
+    if type(rec["schema"]) is not int:
+        return False
+    cursor_ok = all(type(v) is int for v in rec["data_cursor"].values())
+    return cursor_ok and all(isinstance(v, str) and DECIMAL.fullmatch(v) for v in rec["eval"].values())
 
 
 # ---- canonical JSON (RFC 8785 subset) ------------------------------------------------
@@ -300,8 +314,12 @@ def check_checkpoint(run: str, h: str, rec: dict, manifests: dict, configs: dict
     if os.path.isfile(mpath):
         raw = read(mpath)
         marker = load_json(raw, mpath, problems)
-        if marker != {"record_hash": h, "record": rec} or raw not in accepted_forms(marker, (1,), sort_keys=False):
+        held = marker.get("record") if isinstance(marker, dict) else None
+        if (not record_ok(held) or cbytes(held) != cbytes(rec) or marker != {"record_hash": h, "record": rec}
+                or raw not in accepted_forms(marker, (1,), sort_keys=False)):
             problems.append(f"{mpath}: does not hold exactly record {h[:12]}")
+    elif "files" in rec:
+        problems.append(f"{where}: {mpath} is missing")
 
 
 def verify(run: str, corpus: str | None = None) -> list:
@@ -314,6 +332,11 @@ def verify(run: str, corpus: str | None = None) -> list:
     for rel in sorted(files_under(lin)):
         if not LINEAGE_NAMES.fullmatch(rel):
             problems.append(f"{lin}/{rel}: not part of the lineage format")
+    for dirpath, dirnames, _ in os.walk(lin):
+        for d in dirnames:
+            rel = os.path.relpath(os.path.join(dirpath, d), lin).replace(os.sep, "/")
+            if not d.startswith(".") and rel not in ("records", "manifests", "configs", "signatures"):
+                problems.append(f"{lin}/{rel}: folder not part of the lineage format")
     manifests, configs = {}, {}
     for kind in ("manifests", "configs"):
         d = os.path.join(lin, kind)
@@ -350,9 +373,7 @@ def verify(run: str, corpus: str | None = None) -> list:
         rec = load_json(raw, rpath, problems)
         if sha(raw) != h:
             problems.append(f"{rpath}: bytes hash to {sha(raw)}, not its name")
-        if not isinstance(rec, dict) or set(rec) != RECORD_KEYS.get(rec.get("schema"), set()) or not all(
-            isinstance(rec[k], t) and not isinstance(rec[k], bool) for k, t in RECORD_TYPES.items() if k in rec
-        ):
+        if not record_ok(rec):
             problems.append(f"{rpath}: not a schema 1/2/3 record")
             break
         if cbytes(rec) != raw:
@@ -360,6 +381,9 @@ def verify(run: str, corpus: str | None = None) -> list:
         where = f"record step {rec['step']} ({h[:12]})"
         if newer is not None and (rec["step"] >= newer["step"] or rec["run"] != newer["run"]):
             problems.append(f"{where}: step does not increase, or the run name changes")
+        if newer is not None and any(k not in newer["data_cursor"] or newer["data_cursor"][k] < v
+                                     for k, v in rec["data_cursor"].items()):
+            problems.append(f"{where}: a data_cursor counter goes back or is dropped in the next record")
         chain.append((h, rec))
         newer, h = rec, rec["parent"]
     for h, rec in chain:
@@ -369,12 +393,15 @@ def verify(run: str, corpus: str | None = None) -> list:
     for name in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
         if not name.startswith(".") and name[:-5] not in on_chain:
             problems.append(f"{rdir}/{name}: not on the chain from HEAD")
+    named = {rec["checkpoint"]: h for h, rec in chain}
     for name in sorted(os.listdir(run)):
         mpath = os.path.join(run, name, "lineage.json")
         if os.path.isfile(mpath):
             marker = load_json(read(mpath), mpath, [])
             if not isinstance(marker, dict) or marker.get("record_hash") not in on_chain:
                 problems.append(f"{os.path.join(run, name)}: checkpoint's record is not on the chain")
+            elif named.get(name) != marker["record_hash"]:
+                problems.append(f"{os.path.join(run, name)}: holds the marker of another checkpoint's record")
     folders = {}
     for _, rec in chain:
         folder = corpus or (configs.get(rec["config_hash"], {}).get("data") or {}).get("corpus")

@@ -56,24 +56,51 @@ def test_sign_and_verify_signatures(tmp_path):
     assert any(h2 in p for p in verify_signatures(ldir, [h2, h1], tmp_path / "k.pub"))
 
 
-def test_segments_pick_the_largest_weight_updates(tmp_path):
-    from ogi_ray.lineage.segments import select_segments
-
-    # Four checkpoints; updates of L2 size 1, 3, 2 (one bf16 tensor moved by exact steps).
-    base = torch.zeros(4, 4)
-    moves = [0.0, 1.0, 4.0, 6.0]  # single element: update sizes 1, 3, 2
+def _checkpoints(tmp_path, moves):
+    """One bf16 tensor per checkpoint, moved by exact steps: update sizes |Δmoves|."""
     recs = []
     for i, m in enumerate(moves):
-        w = base.clone()
+        w = torch.zeros(4, 4)
         w[0, 0] = m
         (tmp_path / f"c{i}").mkdir()
         save_file({"w": w.bfloat16(), "i": torch.arange(3)}, str(tmp_path / f"c{i}" / "m.safetensors"))
         recs.append({"checkpoint": f"c{i}", "weights_file": "m.safetensors"})
-    store = Store(tmp_path)
-    assert select_segments(store, recs, 1) == [1]
-    assert select_segments(store, recs, 2) == [1, 2]
-    assert select_segments(store, recs, 9) == [0, 1, 2]
-    assert select_segments(store, recs[:1], 1) == []
+    return Store(tmp_path), recs
+
+
+def test_segments_last_then_largest_update_then_a_seeded_draw(tmp_path):
+    from ogi_ray.lineage.segments import choose_segments, update_norms
+
+    # Checkpoints at moves 0, 1, 4, 6: segment i ends at checkpoint i; segment 0 starts
+    # from the initialisation, segments 1-3 have updates 1, 3, 2.
+    store, recs = _checkpoints(tmp_path, [0.0, 1.0, 4.0, 6.0])
+    assert update_norms(store, recs) == [1.0, 3.0, 2.0]
+    assert [i for i, _ in choose_segments(store, recs, 1, seed=5)] == [3]  # the last, always
+    assert choose_segments(store, recs, 2, seed=5) == [(2, "the largest weight update left"), (3, "the last segment")]
+    three = [i for i, _ in choose_segments(store, recs, 3, seed=5)]
+    assert {2, 3} <= set(three) and len(three) == 3  # + one draw from {0, 1}
+    assert [i for i, _ in choose_segments(store, recs, 9, seed=5)] == [0, 1, 2, 3]
+    assert choose_segments(store, recs, 3, seed=5) == choose_segments(store, recs, 3, seed=5)  # reproducible
+    assert {tuple(i for i, _ in choose_segments(store, recs, 3, seed=s)) for s in range(40)} == {(0, 2, 3), (1, 2, 3)}
+
+
+def test_a_fabricated_middle_checkpoint_is_caught_by_the_random_draw_at_its_rate(tmp_path):
+    """Checkpoint 3 of 6 is fabricated as the mean of checkpoints 2 and 4 (the forger
+    skipped that training): the two updates around it are halves of one, the smallest of
+    the run, so the largest-update rule never picks them and the last segment (5) does
+    not touch it. With --replay 3 — the last (5), the largest (1), one seeded draw from
+    {0, 2, 3, 4} — a replay touches checkpoint 3 (segment 3 or 4) for half of the seeds;
+    measured over 400 verifier seeds."""
+    from ogi_ray.lineage.segments import choose_segments, update_norms
+
+    store, recs = _checkpoints(tmp_path, [0.0, 3.0, 6.0, 7.0, 8.0, 11.0])  # 7 = (6 + 8) / 2
+    assert update_norms(store, recs) == [3.0, 3.0, 1.0, 1.0, 3.0]
+    caught = 0
+    for seed in range(400):
+        picked = {i for i, _ in choose_segments(store, recs, 3, seed)}
+        assert {1, 5} <= picked  # the last segment and the largest update, every time
+        caught += bool(picked & {3, 4})
+    assert 0.42 < caught / 400 < 0.58, caught / 400
 
 
 def test_cli_register_keygen_sign_verify(tmp_path, capsys):

@@ -242,17 +242,22 @@ def test_prove_one_tensor_against_the_record(demo):
 def test_replay_hook_gets_consecutive_records(demo):
     calls = []
 
-    def replay_fn(run_dir, rec, nxt):
-        calls.append((Path(run_dir), rec["step"], nxt["step"], nxt["parent"]))
+    def replay_fn(run_dir, rec, nxt, corpus):
+        calls.append((Path(run_dir), rec["step"] if rec else 0, nxt["step"], nxt["parent"], corpus))
         return [] if len(calls) == 1 else ["weights differ after replay"]
 
     notes = []
     assert _verify(demo, replay=1, replay_fn=replay_fn, notes=notes) == []
     head_rec = json.loads((_run(demo) / "lineage" / "records" / f"{_head(demo)}.json").read_bytes())
-    assert calls == [(_run(demo), 2, 4, head_rec["parent"])]
+    # --replay 1 is the last segment; the corpus the verifier checked goes to the replay.
+    assert calls == [(_run(demo), 2, 4, head_rec["parent"], str(demo / "corpus"))]
+    assert any(n.startswith("replay seed ") for n in notes)
     problems = _verify(demo, replay=1, replay_fn=replay_fn)
-    assert problems == [f"replay steps 2→4 ({head_rec['parent'][:12]}→{_head(demo)[:12]}): weights differ after replay"]
+    assert problems == [f"replay steps 2 ({head_rec['parent'][:12]})→4 ({_head(demo)[:12]}): weights differ after replay"]
     assert any("no replay function" in p for p in _verify(demo, replay=1))
+    calls.clear()
+    _verify(demo, replay=2, replay_fn=lambda *a: calls.append(a) or [])
+    assert [(c[1]["step"] if c[1] else 0, c[2]["step"]) for c in calls] == [(0, 2), (2, 4)]  # from the init too
 
 
 def test_real_replay_reproduces_the_segment_and_catches_a_changed_lambda(demo):
@@ -277,6 +282,56 @@ def test_real_replay_reproduces_the_segment_and_catches_a_changed_lambda(demo):
     finally:
         seg.write_bytes(original)
     assert len(problems) == 1 and "differs from the record's" in problems[0], problems
+    # The first segment, from the seeded initialisation (never replayed before), is
+    # reproduced too: weights, optimizer state and EMA target.
+    assert replay_segment(run, None, parent) == []
+
+
+def test_replay_catches_a_rebuilt_chain_with_a_fabricated_next_to_last_checkpoint(demo, tmp_path):
+    """A forger replaces the step-2 checkpoint's weights (one ulp of one tensor: any
+    fabrication will do) and rebuilds a self-consistent chain (new leaves, records, marker,
+    HEAD). Every hash verifies; --replay 1 replays the last segment from the fabricated
+    checkpoint and does not reach the recorded step-4 weights."""
+    import struct as _struct
+
+    from ogi_ray.canonical import canonical_json, hash_canonical
+    from ogi_ray.lineage.merkle import merkle_root
+    from ogi_ray.lineage.weights import Weights
+    from ogi_ray.storage import Store
+    from ogi_ray.train.replay import replay_segment
+
+    forged = tmp_path / "forged"
+    shutil.copytree(demo, forged)
+    run = _run(forged)
+    lin = run / "lineage"
+    head = json.loads((lin / "records" / f"{_head(forged)}.json").read_bytes())
+    first = json.loads((lin / "records" / f"{head['parent']}.json").read_bytes())
+    path, off = _piece(run / first["checkpoint"], "norm.weight")
+    raw = bytearray(path.read_bytes())
+    (x,) = _struct.unpack_from("<f", raw, off)
+    _struct.pack_into("<f", raw, off, x * (1 + 2**-20))  # a few ulps: "close enough" to a forger
+    path.write_bytes(bytes(raw))
+    leaves = list(Weights(Store(run), first).leaves())
+    (run / first["checkpoint"] / "leaves.json").write_text(json.dumps({n: v.hex() for n, v in leaves}, indent=0))
+
+    def sha(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    ck = run / first["checkpoint"]
+    first["weights_root"] = merkle_root([v for _, v in leaves])
+    first["files"] = {k: sha(ck / k) for k in first["files"]}
+    h1 = hash_canonical(first)
+    head["parent"] = h1
+    h2 = hash_canonical(head)
+    for p in (lin / "records").iterdir():
+        p.unlink()
+    for h, rec in ((h1, first), (h2, head)):
+        (lin / "records" / f"{h}.json").write_bytes(canonical_json(rec))
+        (run / rec["checkpoint"] / "lineage.json").write_bytes(canonical_json({"record_hash": h, "record": rec}))
+    (lin / "HEAD").write_text(h2 + "\n")
+    assert verify_run(run, corpus=forged / "corpus") == []  # every hash holds
+    problems = verify_run(run, corpus=forged / "corpus", replay=1, replay_fn=replay_segment)
+    assert problems and "differs from the record's" in problems[0], problems
 
 
 def test_export_writes_consolidated_safetensors_whose_root_is_the_records(demo, tmp_path, capsys):
@@ -310,3 +365,74 @@ def test_export_writes_consolidated_safetensors_whose_root_is_the_records(demo, 
         with pytest.raises(ExportError, match="record says"):
             export(Store(run), Store(tmp_path / "bad"))
     assert not list((tmp_path / "bad").glob("*"))
+
+
+def test_format_rules_the_independent_verifier_found_lax(demo):
+    """Each accepted before, each now a problem in both verifiers (docs/lineage.md §5)."""
+    run = _run(demo)
+    standalone = _standalone()
+    marker = run / "step_000002" / "lineage.json"
+    original = marker.read_bytes()
+
+    def both_reject(expect):
+        problems = _verify(demo)
+        assert any(expect in p for p in problems), problems
+        assert standalone.verify(str(run), str(demo / "corpus"))
+
+    marker.unlink()  # a checkpoint without its record
+    try:
+        both_reject("lineage.json is missing")
+    finally:
+        marker.write_bytes(original)
+    m = json.loads(original)  # "step": 10.0 in a Python-layout marker
+    m["record"]["step"] = float(m["record"]["step"])
+    marker.write_text(json.dumps(m, indent=1))
+    try:
+        both_reject("'step' must be int")
+    finally:
+        marker.write_bytes(original)
+    shutil.copytree(run / "step_000004", run / "step_000006")  # a checkpoint under a new step name
+    try:
+        both_reject("holds the marker of record")
+    finally:
+        shutil.rmtree(run / "step_000006")
+    (run / "lineage" / "extra").mkdir()  # an empty folder inside lineage/
+    try:
+        both_reject("folder not part of the lineage format")
+    finally:
+        (run / "lineage" / "extra").rmdir()
+    assert _verify(demo) == [] and standalone.verify(str(run), str(demo / "corpus")) == []
+
+
+def test_a_copied_run_verifies_the_corpus_beside_it_and_a_missing_one_fails(demo, tmp_path):
+    """The recorded config names the corpus relative to the run: a copy of the demo
+    folder checks its own corpus copy (a tampered shard there is caught), and a corpus
+    that is not there fails unless --no-corpus."""
+    copy = tmp_path / "moved"
+    shutil.copytree(demo, copy)
+    notes: list[str] = []
+    assert verify_run(_run(copy), notes=notes) == []
+    assert any(n.startswith(f"corpus {copy / 'corpus'}:") for n in notes), notes
+    with flipped(copy / "corpus" / "shards" / "part-00001.parquet", 5000):
+        assert any("part-00001.parquet" in p for p in verify_run(_run(copy)))
+    shutil.rmtree(copy / "corpus")
+    problems = verify_run(_run(copy))
+    assert problems and "not found" in problems[0] and "--no-corpus" in problems[0]
+    assert verify_run(_run(copy), check_corpus=False) == []
+
+
+def test_the_same_demo_elsewhere_gives_the_same_chain(demo, tmp_path, ray_local):
+    """Two checkouts, one job: the recorded config holds no location, so the same
+    training gives byte-identical records (the same hashes) wherever it ran."""
+    from ogi_ray.train.config import load_job
+    from ogi_ray.train.driver import train
+
+    other = tmp_path / "elsewhere" / "out"
+    shutil.copytree(demo / "corpus", other / "corpus")  # what the other checkout builds (same hash)
+    job = load_job(ROOT / "jobs" / "configs" / "demo.yaml",
+                   ["loop.steps=4", "loop.checkpoint_every=2", "parallel.dp=1", "parallel.tp=1", "parallel.pp=2",
+                    f"data.corpus={other / 'corpus'}", "run.name=demo", f"run.storage_path={other / 'train'}"])  # fmt: skip
+    summary = train(job, quiet=True)
+    assert summary["head"] == _head(demo)
+    assert sorted(p.name for p in (other / "train" / "demo" / "lineage" / "records").iterdir()) == sorted(
+        p.name for p in (_run(demo) / "lineage" / "records").iterdir())  # fmt: skip

@@ -36,7 +36,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     notes: list[str] = []
     replay_fn = _resolve(args.replay_fn) if args.replay else None
     problems = verify_run(args.run, args.replay, replay_fn, pubkey=args.pubkey, corpus=args.corpus,
-                          check_corpus=not args.no_corpus, notes=notes)  # fmt: skip
+                          check_corpus=not args.no_corpus, notes=notes, replay_seed=args.replay_seed)  # fmt: skip
     where = run_store(args.run).uri
     for n in notes:
         print(f"  note: {n}", file=sys.stderr)
@@ -104,8 +104,11 @@ def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | N
     v.add_argument("run", help=run_help)
     v.add_argument("--pubkey", default=None, help="ed25519 public key (PEM): every record must be signed")
     v.add_argument("--replay", type=int, default=0, metavar="N",
-                   help="replay the N segments with the largest weight updates")  # fmt: skip
-    v.add_argument("--corpus", default=None, help="corpus folder (default: the run config's data.corpus)")
+                   help="replay N segments: the last, then the largest updates and random draws")  # fmt: skip
+    v.add_argument("--replay-seed", type=int, default=None, metavar="S",
+                   help="seed of the random draws (default: a fresh one, printed)")  # fmt: skip
+    v.add_argument("--corpus", default=None,
+                   help="corpus folder (default: the recorded config's, found relative to the run)")  # fmt: skip
     v.add_argument("--no-corpus", action="store_true", help="do not re-verify the corpus shards")
     v.set_defaults(func=_cmd_verify, replay_fn=replay)
     s = lineage_subparsers.add_parser("show", help="list the chain, newest first")

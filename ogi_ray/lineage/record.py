@@ -44,8 +44,9 @@ FIELDS_BY_SCHEMA = {1: FIELDS_V1, 2: {**FIELDS_V1, "files": dict},
 FIELDS = FIELDS_BY_SCHEMA[SCHEMA]
 WEIGHTS_FORMATS = ("safetensors", "safetensors-sharded-v1")
 HEX64 = re.compile(r"[0-9a-f]{64}")
-# Python's "%.6f"; nan/inf are allowed so that a diverged eval does not stop training.
-DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?|nan|-?inf")
+# Python's "%.6f": exactly six decimals; nan/inf are allowed so that a diverged eval does
+# not stop training.
+DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]{6}|nan|-?inf")
 
 
 class RecordError(ValueError):
@@ -77,7 +78,7 @@ def check_record(rec: dict[str, Any], where: str = "record") -> None:
             raise RecordError(f"{where}: data_cursor.{k} must be an integer")
     for k, v in rec["eval"].items():
         if not isinstance(v, str) or not DECIMAL.fullmatch(v):
-            raise RecordError(f"{where}: eval.{k} must be a decimal string")
+            raise RecordError(f"{where}: eval.{k} must be a decimal string with six decimals (\"%.6f\"), got {v!r}")
     if rec.get("weights_format", "safetensors") not in WEIGHTS_FORMATS:
         raise RecordError(f"{where}: field 'weights_format' must be one of {list(WEIGHTS_FORMATS)}")
     for k, v in rec.get("files", {}).items():

@@ -1,12 +1,22 @@
-"""Which training segments to replay: Proof-of-Learning's top-Q largest updates.
+"""Which training segments to replay, chosen so that a forger cannot predict them.
 
-A segment is the training between two consecutive records of the chain (record i's
-checkpoint → record i+1's). Jia et al. (PoL, S&P 2021) replay the segments whose weight
-update is largest, because a spoofed history has to hide its work where the weights move
-the most. The update size here is the L2 norm of the difference of the two checkpoints'
-floating-point tensors, read from the safetensors bytes with numpy (no torch; sharded
-weights assembled per tensor, lineage/weights.py), so a third-party verifier picks the
-same segments. Ties go to the earlier segment.
+Segment i ends at record i of the chain: segment 0 runs from the seeded initialisation
+(step 0) to the first checkpoint, segment i ≥ 1 from record i−1's checkpoint to record
+i's. A forger who fabricates checkpoint j must make both segments touching it (j and
+j+1) reproduce, which costs as much as training them. ``--replay N`` replays N segments:
+
+    1. the last one, always: a fabricated checkpoint whose successor is the real one (or
+       the HEAD itself) never survives it;
+    2. then, alternately, the largest remaining weight update (Jia et al., PoL, S&P 2021:
+       a spoofed history hides its work where the weights move most), and a segment
+       drawn uniformly from the rest by a seed the verifier draws and prints (the prover
+       supplies every checkpoint, so any rule computed from them alone is predictable:
+       a fabricated middle checkpoint with small updates around it dodged rule 2 alone).
+
+Update sizes are the L2 norm of the difference of two checkpoints' floating-point
+tensors, read with numpy (no torch; sharded weights assembled per tensor,
+lineage/weights.py); the initial segment has none (its start is computed by training
+code) and is reached by the random draw. Ties go to the earlier segment.
 
 The replay itself re-runs training steps, so it lives on the training side and is handed
 to ``verify.verify_run(..., replay_fn=...)``.
@@ -38,10 +48,24 @@ def update_norms(run: Store, records: list[dict[str, Any]]) -> list[float]:
     return norms
 
 
-def select_segments(run: Store, records: list[dict[str, Any]], n: int) -> list[int]:
-    """Indices i (segment records[i] → records[i+1]) of the ``n`` largest updates, in order."""
-    if n <= 0 or len(records) < 2:
+def choose_segments(run: Store, records: list[dict[str, Any]], n: int, seed: int) -> list[tuple[int, str]]:
+    """(segment index, why) of the ``n`` segments to replay, in order (see module)."""
+    import random
+
+    count = len(records)  # segments 0 … count-1
+    if n <= 0 or count == 0:
         return []
-    norms = update_norms(run, records)
-    ranked = sorted(range(len(norms)), key=lambda i: (-norms[i], i))
-    return sorted(ranked[:n])
+    chosen = {count - 1: "the last segment"}
+    norms = update_norms(run, records) if count >= 2 else []
+    by_update = [i + 1 for i in sorted(range(len(norms)), key=lambda i: (-norms[i], i))]
+    rng = random.Random(seed)
+    turn = 0
+    while len(chosen) < min(n, count):
+        rest = [i for i in range(count) if i not in chosen]
+        biggest = [i for i in by_update if i not in chosen]
+        if turn % 2 == 0 and biggest:
+            chosen[biggest[0]] = "the largest weight update left"
+        else:
+            chosen[rng.choice(rest)] = f"drawn with seed {seed}"
+        turn += 1
+    return sorted(chosen.items())

@@ -14,7 +14,8 @@
       is re-verified shard by shard (ogi_ray.corpus.manifest.verify_corpus) and must be
       the manifest the records name
     optional: ed25519 signatures (``pubkey``), and segment replay through ``replay_fn``
-      (supplied by the training side; this package never imports ``ogi_ray.train``)
+      (supplied by the training side; this package never imports ``ogi_ray.train``),
+      of segments the verifier chooses with a seed the prover cannot know
 
 Returns a list of problems; empty means everything holds. ``notes`` (if a list is given)
 receives what was checked or skipped.
@@ -35,7 +36,7 @@ from ogi_ray.storage import Store
 
 LEAVES_FILE = "leaves.json"
 WEIGHTS_HASH = "sha256-merkle-v1"
-ReplayFn = Callable[[Any, dict[str, Any], dict[str, Any]], list[str]]
+ReplayFn = Callable[[Any, dict[str, Any] | None, dict[str, Any], str | None], list[str]]
 _LINEAGE_NAME = re.compile(r"(records|manifests|configs)/[0-9a-f]{64}\.json|signatures/[0-9a-f]{64}\.sig|HEAD")
 
 
@@ -128,13 +129,23 @@ def _check_files(run: Store, rec: dict[str, Any], h: str, where: str) -> list[st
             elif (got := sha256_hex(run.read_bytes(f"{ckpt}/{rel}"))) != rec["files"][rel]:
                 problems.append(f"{where}: {path} has SHA-256 {got}, record says {rec['files'][rel]}")
     mrel = f"{ckpt}/{MARKER}"
-    if run.is_file(mrel):
-        raw = run.read_bytes(mrel)
-        marker = _load_json(raw, run.path(mrel), problems)
-        if marker is not None and marker != {"record_hash": h, "record": rec}:
-            problems.append(f"{run.path(mrel)}: does not hold record {h[:12]} of the chain")
-        elif marker is not None and raw not in serialisations(marker, (1,), sort_keys=False):
-            problems.append(f"{run.path(mrel)}: bytes are not a serialisation of its content (edited)")
+    if not run.is_file(mrel):
+        if "files" in rec:  # schema ≥ 2 writes it with every checkpoint
+            problems.append(f"{where}: {run.where(mrel)} is missing (every checkpoint holds its record)")
+        return problems
+    raw = run.read_bytes(mrel)
+    marker = _load_json(raw, run.where(mrel), problems)
+    if marker is None:
+        return problems
+    held = marker.get("record") if isinstance(marker, dict) else None
+    try:  # the marker's copy must be a record in its own right (e.g. "step": 10.0 is not)
+        check_record(held, run.where(mrel))
+    except RecordError as e:
+        return problems + [str(e)]
+    if marker != {"record_hash": h, "record": rec} or canonical_json(held) != canonical_json(rec):
+        problems.append(f"{run.where(mrel)}: does not hold record {h[:12]} of the chain")
+    elif raw not in serialisations(marker, (1,), sort_keys=False):
+        problems.append(f"{run.where(mrel)}: bytes are not a serialisation of its content (edited)")
     return problems
 
 
@@ -209,29 +220,36 @@ def _walk_chain(ldir: Store, head: str, problems: list[str]) -> list[tuple[str, 
             if rec["run"] != newer["run"]:
                 problems.append(f"{where}: run {rec['run']!r} differs from the next record's {newer['run']!r}")
             for k, v in rec["data_cursor"].items():
-                if k in newer["data_cursor"] and newer["data_cursor"][k] < v:
+                if k not in newer["data_cursor"]:
+                    problems.append(f"{where}: data_cursor.{k} is dropped by the next record")
+                elif newer["data_cursor"][k] < v:
                     problems.append(f"{where}: data_cursor.{k} goes back in the next record")
         chain.append((h, rec))
         newer, h = rec, rec["parent"]
     return chain[::-1]
 
 
-def _check_corpus(chain: list[tuple[str, dict]], configs: dict[str, dict],
+def _check_corpus(run: Store, chain: list[tuple[str, dict]], configs: dict[str, dict],
                   manifests: dict[str, dict], corpus: str | Path | None, notes: list[str]) -> list[str]:  # fmt: skip
+    """Each corpus the records name, at ``corpus`` or where the recorded config says
+    (relative to the run: a copied run with its corpus checks the copy). A corpus that is
+    not there is a problem: pass ``corpus=`` (where it is) or ``check_corpus=False``."""
     from ogi_ray.corpus.manifest import MANIFEST, CorpusError, verify_corpus
-    from ogi_ray.train.phases import corpus_of
+    from ogi_ray.lineage.locations import corpus_location
 
     problems: list[str] = []
     wanted: dict[str, set[str]] = {}  # corpus folder -> manifest hashes records name
     for _, rec in chain:
         cfg = configs.get(rec["config_hash"], {})
         phase = int((rec.get("data_cursor") or {}).get("phase", 0))
-        folder = str(corpus) if corpus else corpus_of(cfg, phase)
+        folder = str(corpus) if corpus else corpus_location(cfg, phase, run)
         if folder:
             wanted.setdefault(folder, set()).add(rec["manifest_hash"])
     for folder, hashes in sorted(wanted.items()):
-        if not Path(folder, MANIFEST).is_file():
-            notes.append(f"corpus {folder} not present here: its shards were not verified")
+        store = Store(folder)
+        if not store.is_file(MANIFEST):
+            problems.append(f"corpus {store.uri}: not found (the records name manifest {sorted(hashes)[0][:12]}): "
+                            "give its folder with --corpus DIR, or skip it with --no-corpus")  # fmt: skip
             continue
         try:
             m = verify_corpus(folder)
@@ -239,27 +257,28 @@ def _check_corpus(chain: list[tuple[str, dict]], configs: dict[str, dict],
             problems.append(f"corpus: {e}")
             continue
         except (ValueError, KeyError, TypeError) as e:  # e.g. a byte that is not UTF-8
-            problems.append(f"corpus {Path(folder, MANIFEST)}: cannot be read ({type(e).__name__}: {e})")
+            problems.append(f"corpus {store.where(MANIFEST)}: cannot be read ({type(e).__name__}: {e})")
             continue
-        raw = Path(folder, MANIFEST).read_bytes()
-        if raw not in serialisations(m, (2,)):
-            problems.append(f"{Path(folder, MANIFEST)}: bytes are not a serialisation of its content (edited)")
+        if store.read_bytes(MANIFEST) not in serialisations(m, (2,)):
+            problems.append(f"{store.where(MANIFEST)}: bytes are not a serialisation of its content (edited)")
         for h in sorted(hashes - {m["manifest_hash"]}):
             problems.append(f"corpus {folder}: manifest {m['manifest_hash'][:12]} is not the {h[:12]} the records name")
         if m["manifest_hash"] in manifests and manifests[m["manifest_hash"]] != m:
             problems.append(f"corpus {folder}: manifest.json differs from the run's copy")
-        notes.append(f"corpus {folder}: manifest and {len(m['shards']) + len(m.get('heldout_shards', []))} shards verified")
+        notes.append(f"corpus {store.uri}: manifest and {len(m['shards']) + len(m.get('heldout_shards', []))} shards verified")
     return problems
 
 
 def verify_run(
     path: str | Path, replay: int = 0, replay_fn: ReplayFn | None = None, *,
     pubkey: str | Path | None = None, corpus: str | Path | None = None, check_corpus: bool = True,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, replay_seed: int | None = None,
 ) -> list[str]:  # fmt: skip
     """All problems with the run at ``path`` (a folder, a demo output folder, or a pyarrow
-    URI of a run folder). ``replay`` > 0 replays that many segments (largest weight
-    updates first, Proof-of-Learning style) with ``replay_fn(run_dir, rec_i, rec_next)``."""
+    URI of a run folder). ``replay`` > 0 replays that many segments, chosen by
+    lineage/segments.py (the last one, the largest updates, and draws from
+    ``replay_seed``: a fresh random seed when None), with ``replay_fn(run_dir, rec_prev,
+    rec, corpus)`` (``rec_prev`` None: from the seeded initialisation)."""
     notes = notes if notes is not None else []
     run = run_store(path)
     ldir = run.sub("lineage")
@@ -290,36 +309,50 @@ def verify_run(
             problems.append(f"{ldir.path(rel)}: not part of the lineage format")
         elif rel.startswith("records/") and rel[8:72] not in on_chain:
             problems.append(f"{ldir.path(rel)}: record is not on the chain from HEAD (orphan or fork)")
+    for sub in ldir.list_dirs():  # lineage/ holds the four kinds of files and HEAD, nothing else
+        if sub not in ("records", "manifests", "configs", "signatures") or ldir.list_dirs(sub):
+            problems.append(f"{ldir.where(sub)}: folder not part of the lineage format")
+    named = {rec["checkpoint"]: h for h, rec in chain}
     for folder in run.list_dirs():
         if run.is_file(f"{folder}/{MARKER}"):
-            marker = _load_json(run.read_bytes(f"{folder}/{MARKER}"), run.path(f"{folder}/{MARKER}"), [])
+            marker = _load_json(run.read_bytes(f"{folder}/{MARKER}"), run.where(f"{folder}/{MARKER}"), [])
             rh = marker.get("record_hash", "") if isinstance(marker, dict) else ""
             if not isinstance(rh, str) or rh not in on_chain:
-                problems.append(f"{run.path(folder)}: checkpoint's record {str(rh)[:12]} is not on the chain")
+                problems.append(f"{run.where(folder)}: checkpoint's record {str(rh)[:12]} is not on the chain")
+            elif named.get(folder) != rh:  # a checkpoint copied under another step's name
+                problems.append(f"{run.where(folder)}: holds the marker of record {rh[:12]}, whose checkpoint is "
+                                f"{next(r['checkpoint'] for x, r in chain if x == rh)}")  # fmt: skip
     if check_corpus:
-        problems += _guarded("corpus", _check_corpus, chain, configs, manifests, corpus, notes)
+        problems += _guarded("corpus", _check_corpus, run, chain, configs, manifests, corpus, notes)
+    else:
+        notes.append("corpus not checked (--no-corpus)")
     if pubkey is not None:
         from ogi_ray.lineage.sign import verify_signatures
 
         problems += verify_signatures(ldir, [h for h, _ in chain], pubkey)
         notes.append(f"signatures of {len(chain)} records checked against {pubkey}")
     if replay:
-        problems += _replay(run, chain, replay, replay_fn, notes)
+        problems += _replay(run, chain, replay, replay_fn, notes, replay_seed, corpus)
     return problems
 
 
 def _replay(run: Store, chain: list[tuple[str, dict]], n: int, replay_fn: ReplayFn | None,
-            notes: list[str]) -> list[str]:  # fmt: skip
-    from ogi_ray.lineage.segments import select_segments
+            notes: list[str], seed: int | None, corpus: str | Path | None) -> list[str]:  # fmt: skip
+    import secrets
+
+    from ogi_ray.lineage.segments import choose_segments
 
     if replay_fn is None:
         return [f"replay of {n} segments asked, but no replay function was supplied"]
+    seed = secrets.randbits(32) if seed is None else seed  # the prover cannot know it
+    notes.append(f"replay seed {seed} (rerun with --replay-seed {seed} to replay the same segments)")
     problems = []
     run_dir = run.local_path() or run.uri
-    for i in select_segments(run, [rec for _, rec in chain], n):
-        (h0, r0), (h1, r1) = chain[i], chain[i + 1]
-        got = list(replay_fn(run_dir, r0, r1))
-        problems += [f"replay steps {r0['step']}→{r1['step']} ({h0[:12]}→{h1[:12]}): {p}" for p in got]
-        notes.append(f"replayed steps {r0['step']}→{r1['step']}: {'ok' if not got else 'FAILED'}")
+    for i, why in choose_segments(run, [rec for _, rec in chain], n, seed):
+        (h1, r1) = chain[i]
+        r0 = chain[i - 1][1] if i else None
+        start = f"{r0['step']} ({chain[i - 1][0][:12]})" if r0 else "0 (the seeded initialisation)"
+        got = list(replay_fn(run_dir, r0, r1, str(corpus) if corpus else None))
+        problems += [f"replay steps {start}→{r1['step']} ({h1[:12]}): {p}" for p in got]
+        notes.append(f"replayed steps {r0['step'] if r0 else 0}→{r1['step']} ({why}): {'ok' if not got else 'FAILED'}")
     return problems
-

@@ -81,27 +81,28 @@ def gather_to_rank0(obj: Any) -> list[Any]:
 # ── RNG ─────────────────────────────────────────────────────────────────────────────
 
 
-def rng_state() -> dict[str, Any]:
-    """JSON-serialisable RNG states (torch CPU, numpy, python) of this process."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_py = random.getstate()
-    return {
-        "torch": torch.get_rng_state().tolist(),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_py],
-    }
+def seed_globals(seed: int, rank: int) -> None:
+    """Seed the process-wide RNGs (torch, numpy, python) from (seed, rank). The step
+    draws nothing from them (every random number comes from a generator seeded by
+    (seed, step, dp rank): train/data.py), so this only keeps any library that does
+    reproducible."""
+    s = (seed * 1_000_003 + rank) % 2**32
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_py = state["python"]
-    random.setstate((version, tuple(internal), gauss_py))
+def rng_commitment(seed: int) -> str:
+    """The record's commitment to the run's randomness: SHA-256 of the canonical rule
+    every random draw follows (the seed, the per-step data generators, the per-tensor
+    initialisation). Two runs with the same seed commit to the same randomness; a state
+    snapshot of a generator the step never uses would commit to nothing."""
+    from ogi_ray.canonical import hash_canonical
 
-
-def rng_commitment() -> str:
-    return hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+    return hash_canonical({
+        "seed": seed, "data": "torch.Generator().manual_seed((seed * 1000003 + step) * 1009 + dp_rank)",
+        "init": "torch.Generator().manual_seed(int.from_bytes(sha256(f'{seed}|{name}')[:8], 'little'))",
+    })  # fmt: skip
 
 
 # ── state dicts as flat tensor maps ─────────────────────────────────────────────────

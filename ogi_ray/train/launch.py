@@ -190,12 +190,18 @@ def _phases_for(job: JobConfig, corpora: list[tuple[str, dict[str, Any]]], globa
 
 
 def _recorded(job: JobConfig, phases: list[Phase]) -> dict[str, Any]:
-    """The job config as recorded (and hashed) for the lineage: corpora resolved."""
+    """The job config as recorded (and hashed) for the lineage, with no location in it
+    that depends on where the run was written (lineage/locations.py): corpora relative to
+    the run folder, no storage path. Replay and verify find the phases' shards from it."""
+    from ogi_ray.lineage.locations import recorded_location
+
+    run_uri = job.run.run_uri
     job_dict = to_dict(job)
+    job_dict["run"]["storage_path"] = ""
     if job.data.corpus:
-        job_dict["data"]["corpus"] = absolute(job.data.corpus)
+        job_dict["data"]["corpus"] = recorded_location(absolute(job.data.corpus), run_uri)
     for p, ph in zip(job_dict["phases"], phases, strict=False):
-        p["corpus"] = ph.corpus  # resolved: records and replay find the phase's shards
+        p["corpus"] = recorded_location(ph.corpus, run_uri)
     return job_dict
 
 

@@ -175,19 +175,6 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
     return phases[-1]
 
 
-def corpus_of(job: dict[str, Any], phase: int) -> str:
-    """The corpus folder a recorded run's phase read (from the saved job config)."""
-    phases = job.get("phases") or []
-    if phase < len(phases) and phases[phase].get("corpus"):
-        return str(phases[phase]["corpus"])
-    return str((job.get("data") or {}).get("corpus") or "")
-
-
-def dataset_key(index: int) -> str:
-    """The Ray Train dataset name of a phase's corpus."""
-    return "train" if index == 0 else f"train_phase{index}"
-
-
 def with_total_steps(job: Any, phases: list[Phase]) -> Any:
     """The job with ``loop.steps`` = the phases' total (the schedule spans all phases)."""
     return replace(job, loop=replace(job.loop, steps=phases[-1].end))

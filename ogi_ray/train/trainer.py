@@ -81,35 +81,41 @@ def broadcast_floats(values: list[float]) -> list[float]:
 
 
 class Lambdas:
-    """λ for every step: rank 0 reports raw norms to the tuner actor (fire and forget)
-    and picks up its newest λ when ready, never waiting; all ranks get rank 0's λ."""
+    """λ for every step, deterministically: rank 0 reports step s's raw norms to the
+    tuner actor and uses, at step s + LAG, the λ the actor computed from the reports up
+    to s. The reply normally arrives within a step, so nothing waits; when the actor
+    lags more than LAG steps the trainer waits for it rather than letting the timing of
+    replies decide λ (two runs of the same job then give the same weights). All ranks get
+    rank 0's λ."""
+
+    LAG = 2
 
     def __init__(self, tuner: Any, objectives: list[str], rank: int) -> None:
         self.tuner, self.objectives, self.rank = tuner, objectives, rank
         self.current = {n: 1.0 for n in objectives}
-        self.pending: Any = None
+        self.pending: list[tuple[int, Any]] = []  # (step reported, its reply)
 
     def start_phase(self, ph: Phase) -> None:
         import ray
 
         if self.rank == 0:
             if self.tuner is not None:
-                self.pending = None  # a λ fetched before the switch would undo it
+                ray.get([f for _, f in self.pending])  # earlier reports land before the switch
+                self.pending = []  # their λ would undo it
                 self.current = ray.get(self.tuner.set_phase.remote(ph.lambdas, ph.index))
             else:
                 self.current = normalise(ph.lambdas or {}, self.objectives)
 
     def after_step(self, step: int, row: dict[str, Any]) -> None:
+        """Report ``step``; take the λ computed LAG steps ago (into ``row`` as well)."""
         import ray
 
         if self.rank != 0 or self.tuner is None:
             return
         raw = {n: row[f"gradnorm_raw/{n}"] for n in self.objectives if f"gradnorm_raw/{n}" in row}
-        self.tuner.report.remote(step, raw)
-        if self.pending is None:
-            self.pending = self.tuner.metrics.remote()
-        elif ray.wait([self.pending], timeout=0)[0]:
-            tm, self.pending = ray.get(self.pending), None
+        self.pending.append((step, self.tuner.report.remote(step, raw)))
+        while self.pending and self.pending[0][0] <= step + 1 - self.LAG:
+            tm = ray.get(self.pending.pop(0)[1])
             self.current = {n: tm.get(f"tuner/lambda/{n}", self.current.get(n, 1.0)) for n in self.objectives}
             for n in self.objectives:
                 if f"tuner/gnorm/{n}" in tm:
@@ -200,12 +206,14 @@ class Trainer:
         if name is not None:
             state = ckpt.load(self.run.sub(name), self.stepper.module, self.opt, self.sched, self.world_target)
             self.state = RunState.from_dict(state)
-            ckpt.set_rng_state(state["rng"])
             if state.get("gns"):
                 self.gns.load_state_dict(state["gns"])
             if self.rank == 0:
                 if self.lambdas.tuner is not None and state.get("tuner"):
                     ray.get(self.lambdas.tuner.load_state_dict.remote(state["tuner"]))
+                    # What an unbroken run would have pending: the reply to the last step
+                    # before the checkpoint, used LAG steps after it.
+                    self.lambdas.pending = [(self.state.step - 1, self.lambdas.tuner.metrics.remote())]
                 marker = json.loads(self.run.read_bytes(f"{name}/lineage.json"))
                 self.hook.append({k: v for k, v in marker["record"].items() if k != "schema"})  # type: ignore[union-attr]
         self.lambdas.current = dict(self.state.lambdas) or self.lambdas.current
@@ -311,7 +319,7 @@ class Trainer:
         self.finish_checkpoint()  # one background save at a time
         self.scores = self.stepper.step.evaluate(self.feed.heldout(ph.index), self.world_target)
         tuner = self.lambdas.tuner
-        train_state = {**self.state.to_dict(), "rng": ckpt.rng_state(), "gns": self.gns.state_dict(),
+        train_state = {**self.state.to_dict(), "gns": self.gns.state_dict(),
                        "tuner": ray.get(tuner.state_dict.remote()) if (self.rank == 0 and tuner) else None,
                        "world_size": self.world, "batch_size": self.spec.batch_size,
                        "parallel": {k: self.spec.plan[k] for k in ("dp", "tp", "pp")},
@@ -321,7 +329,8 @@ class Trainer:
                                   world_target=self.world_target, background=self.job.loop.checkpoint_async)  # fmt: skip
         self._pending = {"pending": pending, "store": store, "step": done, "row": row, "scores": dict(self.scores),
                          "manifest_hash": ph.manifest_hash, "cursor": self.state.data_cursor(),
-                         "segment": self.hook.take_segment() if self.hook else [], "rng": ckpt.rng_commitment()}  # fmt: skip
+                         "segment": self.hook.take_segment() if self.hook else [],
+                         "rng": ckpt.rng_commitment(self.job.loop.seed)}  # fmt: skip
         if not self.job.loop.checkpoint_async:
             self.finish_checkpoint()
 
@@ -386,6 +395,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = _placement(spec, ctx.get_local_rank())
+    ckpt.seed_globals(spec.job.loop.seed, rank)
     _mark_worker(Store(spec.run_uri), rank, world)
     dims = ParallelDims.from_plan(spec.plan)
     dims.validate(world)

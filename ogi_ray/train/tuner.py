@@ -259,12 +259,14 @@ class LossWeightTuner:
         if self._store is not None:
             self._store.write_atomic(self._name, json.dumps(self.state_dict()).encode())
 
-    def report(self, step: int, grad_norms: dict[str, float]) -> None:
-        if step <= self.state.last_step:
-            return
-        self.state = tuner_update(self.state, grad_norms, self.cfg)
-        self.state.last_step = int(step)
-        self._persist()
+    def report(self, step: int, grad_norms: dict[str, float]) -> dict[str, float]:
+        """Apply step ``step``'s norms (once: a retried or repeated step is ignored);
+        returns ``metrics()`` after it, so the caller knows λ as of this step."""
+        if step > self.state.last_step:
+            self.state = tuner_update(self.state, grad_norms, self.cfg)
+            self.state.last_step = int(step)
+            self._persist()
+        return self.metrics()
 
     def weights(self) -> dict[str, float]:
         return dict(self.state.lambdas)
