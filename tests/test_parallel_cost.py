@@ -131,6 +131,18 @@ def test_calibrated_gemm_rate_replaces_the_default_efficiency(dgx2):
     assert one(WIDE, probed, dp=16, rows=2)["compute_s"] == pytest.approx(2 * base)
 
 
+def test_wrapper_overheads_per_module_and_group():
+    # 1 ms per TP-wrapped module, 2 ms per FSDP2 group, per micro-batch. tiny at tp = 2,
+    # 2 blocks, 3 micro-batches: 7 linears per block (11 with SP's norms and re-layouts),
+    # 3 FSDP2 groups (2 blocks + the root).
+    topo = load_topology("cpu-2")
+    cal = replace(topo, calibration=Calibration(tp_module_overhead_us=1000, fsdp_group_overhead_us=2000))
+    for sp, modules in ((False, 7), (True, 11)):
+        base = one(TINY, topo, tp=2, m=3, rows=2, sp=sp)["compute_s"]
+        more = one(TINY, cal, tp=2, m=3, rows=2, sp=sp)["compute_s"]
+        assert more - base == pytest.approx(3 * (2 * modules * 1e-3 + 3 * 2e-3))
+
+
 # --- memory -----------------------------------------------------------------------------
 
 
@@ -222,7 +234,18 @@ def test_fit_calibration_inverts_the_linear_step_model():
     # "Measured": 1.5 × compute, 2 × communication, 10 ms per step; 1.1 × memory + 50 MiB.
     ms = [Measurement(p, 1.5 * c + 2.0 * k + 0.010, 1.1 * m + 50 * MiB)
           for p, c, k, m in zip(plans, raw["compute_part_s"], raw["comm_part_s"], peaks, strict=True)]
-    cal, rep = fit_calibration(ms, TINY, topo)
+    cal, rep = fit_calibration(ms, TINY, topo, overhead=True)
     assert (cal.compute_scale, cal.comm_scale, cal.step_overhead_s) == pytest.approx((1.5, 2.0, 0.010))
     assert (cal.memory_scale, cal.memory_overhead_mib) == pytest.approx((1.1, 50.0))
     assert max(abs(e) for e in rep.step_error + rep.memory_error) < 1e-9 and rep.fastest_right
+
+
+def test_fit_calibration_falls_back_when_steps_cannot_separate_the_scales():
+    # Two single-process plans: no communication, so only the compute scale is fitted,
+    # and it is the ratio of measured to predicted compute (0.8 s measured for 0.4 s: 2×).
+    topo = load_topology("cpu-2").for_world(1)
+    plans = [ParallelPlan(micro_batch_rows=8), ParallelPlan(microbatches=2, micro_batch_rows=4)]
+    c = evaluate(TINY, topo, Layouts.from_plans(plans))["compute_part_s"]
+    cal, rep = fit_calibration([Measurement(p, 2.0 * x) for p, x in zip(plans, c, strict=True)], TINY, topo)
+    assert (cal.compute_scale, cal.comm_scale, cal.step_overhead_s) == pytest.approx((2.0, 1.0, 0.0))
+

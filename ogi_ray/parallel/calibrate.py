@@ -3,6 +3,7 @@
     ModelSpec + micro-batch rows + tp ──gemm_shapes──► the model's own GEMMs
         ──probe_gemms (torch, timed)──► fit_gemm ──► gemm_tflops, gemm_overhead_us
     probe_copy ──► copy_gb_per_s;   probe_op_overhead ──► op_overhead_us
+    probe_wrapper_overheads (one-process gloo) ──► tp_module_overhead_us, fsdp_group_overhead_us
     probe_collective (gloo ring between local processes) ──► intra_bus_gbps, intra_latency_us
         ──probe_calibration──► Calibration ──► Topology.calibration ──► cost / memory
 
@@ -108,6 +109,49 @@ def probe_op_overhead(*, ops: int = 200, repeats: int = 5) -> float:
     return _timed(chain, repeats, sync) / (2 * ops) * 1e6
 
 
+def probe_wrapper_overheads(*, repeats: int = 5, calls: int = 50) -> tuple[float, float]:
+    """(µs per TP-parallelised linear, µs per FSDP2 group) of a forward + backward, on a
+    one-process gloo group: the Python cost DTensor dispatch and FSDP2's hooks add to an
+    8×8 linear, whose arithmetic is negligible. Needs torch.distributed uninitialised."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError("probe_wrapper_overheads: torch.distributed is already initialised")
+    import socket
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        x = torch.randn(2, 8, requires_grad=True)
+        lin = lambda: torch.nn.Linear(8, 8, bias=False)  # noqa: E731
+
+        def per_call(mod: Any) -> float:
+            def run() -> None:
+                for _ in range(calls):
+                    mod(x).sum().backward()
+            return _timed(run, repeats, lambda: None) / calls
+
+        plain = per_call(lin())
+        tp = per_call(parallelize_module(lin(), mesh, ColwiseParallel()))
+        groups = torch.nn.Sequential(*[lin() for _ in range(4)])
+        for m in groups:
+            fully_shard(m, mesh=mesh)
+        fully_shard(groups, mesh=mesh)
+        plain4 = per_call(torch.nn.Sequential(*[lin() for _ in range(4)]))
+        fsdp = (per_call(groups) - plain4) / 5
+        return max(tp - plain, 0.0) * 1e6, max(fsdp, 0.0) * 1e6
+    finally:
+        dist.destroy_process_group()
+
+
 def _collective_worker(rank: int, world: int, port: int, sizes: list[int], out: Any) -> None:
     import torch
     import torch.distributed as dist
@@ -145,17 +189,22 @@ def probe_collective(world: int = 2, sizes: tuple[int, ...] = (4096, 4 * 2**20))
     return bw * 8 / 1e9, alpha * 1e6
 
 
-def probe_calibration(spec: ModelSpec, rows: int, *, tp: int = 1, device: str = "cpu",
-                      precision: str = "bf16", collective: bool = False) -> Calibration:
-    """Probe this machine at the model's own GEMM shapes (plus copy, op overhead and,
-    with ``collective``, a two-process gloo all-reduce). Run it where the workers run."""
-    shapes = gemm_shapes(spec, rows, tp)
+def probe_calibration(spec: ModelSpec, rows: int, *, tp: tuple[int, ...] = (1,), device: str = "cpu",
+                      precision: str = "bf16", collective: bool = False,
+                      wrappers: bool = True) -> Calibration:
+    """Probe this machine at the model's own GEMM shapes for micro-batches of ``rows``
+    rows under each tensor-parallel degree in ``tp`` (plus copy, op overhead, with
+    ``wrappers`` the DTensor/FSDP2 Python cost, and with ``collective`` a two-process gloo
+    all-reduce). Run it where the workers run, before torch.distributed is set up."""
+    shapes = [s for t in tp for s in gemm_shapes(spec, rows, t)]
     tflops, alpha = fit_gemm(shapes, probe_gemms(shapes, device=device, precision=precision))
+    tp_us, fsdp_us = probe_wrapper_overheads() if wrappers else (0.0, 0.0)
     cal = Calibration(gemm_tflops=round(tflops, 5), gemm_overhead_us=round(alpha, 2),
                       copy_gb_per_s=round(probe_copy(device=device), 2),
                       op_overhead_us=round(probe_op_overhead(), 2) if device == "cpu" else 0.0,
+                      tp_module_overhead_us=round(tp_us, 1), fsdp_group_overhead_us=round(fsdp_us, 1),
                       source=f"probed {time.strftime('%Y-%m-%d %H:%M:%S')}: {spec.name} GEMMs "
-                             f"({rows} rows, tp {tp}, {precision}), copy, op overhead")
+                             f"({rows} rows, tp {list(tp)}, {precision}), copy, op overhead")
     if collective:
         bus, a = probe_collective()
         cal = replace(cal, intra_bus_gbps=round(bus, 3), intra_latency_us=round(a, 1),
@@ -200,17 +249,42 @@ def _predict(spec: ModelSpec, topo: Topology, plans: list[Any], precision: str,
     return join(times), join(mems)
 
 
-def fit_calibration(measurements: list[Measurement], spec: ModelSpec, topo: Topology, *,
-                    precision: str = "bf16") -> tuple[Calibration, FitReport]:
-    """Fit compute_scale, comm_scale and step_overhead_s (non-negative least squares over
-    the measured step times; comm_scale stays 1 when no layout communicates) and
-    memory_scale, memory_overhead_mib (affine least squares over the measured peaks;
-    the overhead alone from one peak) on top of ``topo.calibration``'s probed constants.
-    All measurements share the model (``spec``, any global batch: each plan's own is
-    used), the hardware and the precision; ``topo`` is cut to each plan's world size.
-    ``topo.calibration`` should hold the probed constants (``probe_calibration``)."""
+def _fit_step_scales(y: np.ndarray, C: np.ndarray, K: np.ndarray, overhead: bool) -> tuple[float, float, float]:
+    """(compute_scale, comm_scale, step_overhead_s) for y ≈ a·C + b·K + c.
+
+    Few, noisy steps of similar layouts cannot separate all three (C and the constant
+    are nearly collinear), and a free fit then zeroes one scale. So: a and b by
+    non-negative least squares when the layouts' communication varies and there are ≥ 3
+    steps, else a alone with b = 1; c only when asked (``overhead``); a solution that
+    drives a scale below 0.1 falls back to the next simpler fit."""
     from scipy.optimize import nnls
 
+    fits = []
+    if len(y) >= 3 and np.ptp(K) > 0.05 * np.mean(C):
+        fits.append(("ck", np.stack([C, K] + ([np.ones_like(C)] if overhead else []), 1)))
+    fits.append(("c", np.stack([C] + ([np.ones_like(C)] if overhead else []), 1)))
+    for kind, A in fits:
+        target = y if kind == "ck" else y - K
+        x, _ = nnls(A, target)
+        scales = x[:2] if kind == "ck" else x[:1]
+        if np.all(scales >= 0.1):
+            a = float(x[0])
+            b = float(x[1]) if kind == "ck" else 1.0
+            c = float(x[-1]) if overhead else 0.0
+            return a, b, c
+    a = float(np.sum(y * C) / np.sum(C * C))  # through the origin, communication ignored
+    return max(a, 1e-6), 1.0, 0.0
+
+
+def fit_calibration(measurements: list[Measurement], spec: ModelSpec, topo: Topology, *,
+                    precision: str = "bf16", overhead: bool = False) -> tuple[Calibration, FitReport]:
+    """Fit compute_scale and comm_scale (and step_overhead_s with ``overhead``) to the
+    measured step times (``_fit_step_scales``), and memory_scale and memory_overhead_mib
+    (affine least squares over the measured peaks; the overhead alone from one peak), on
+    top of ``topo.calibration``'s probed constants. All measurements share the model
+    (``spec``, any global batch: each plan's own is used), the hardware and the precision;
+    ``topo`` is cut to each plan's world size. Step times should be wall-clock seconds on
+    otherwise idle machines: the model predicts a dedicated machine's step."""
     base = replace(topo.calibration, compute_scale=1.0, comm_scale=1.0, step_overhead_s=0.0,
                    memory_scale=1.0, memory_overhead_mib=0.0)
     plans = [x.plan for x in measurements]
@@ -219,11 +293,8 @@ def fit_calibration(measurements: list[Measurement], spec: ModelSpec, topo: Topo
     timed = [i for i, x in enumerate(measurements) if x.step_time_s is not None]
     if timed:
         y = np.array([measurements[i].step_time_s for i in timed])
-        C, K = t["compute_part_s"][timed], t["comm_part_s"][timed]
-        cols = [C, np.ones_like(C)] + ([K] if K.max() > 0 and len(timed) >= 3 else [])
-        x, _ = nnls(np.stack(cols, 1), y)
-        cal = replace(cal, compute_scale=max(float(x[0]), 1e-6), step_overhead_s=float(x[1]),
-                      comm_scale=max(float(x[2]), 1e-6) if len(x) > 2 else 1.0)
+        a, b, c = _fit_step_scales(y, t["compute_part_s"][timed], t["comm_part_s"][timed], overhead)
+        cal = replace(cal, compute_scale=a, comm_scale=b, step_overhead_s=c)
     peaks = [i for i, x in enumerate(measurements) if x.peak_bytes is not None]
     if peaks:
         y = np.array([measurements[i].peak_bytes for i in peaks])

@@ -68,6 +68,8 @@ class Rates:
     gemm_s: float  # fixed time per GEMM call
     copy: float  # bytes/s of element-wise traffic (0: no memory-bound term)
     op_s: float  # fixed time per eager op
+    tp_module_s: float  # per TP/SP-parallelised module and micro-batch
+    fsdp_group_s: float  # per FSDP2 group and micro-batch
     intra: float  # bus bytes/s per device inside a node
     inter: float  # bus bytes/s per device between nodes (per NIC share)
     a_intra: float
@@ -89,6 +91,7 @@ def rates(topo: Topology, precision: str = "bf16") -> Rates:
     kind = "cpu" if topo.gpu == "cpu" else "gpu"
     return Rates(
         flops=flops, gemm_s=cal.gemm_overhead_us * 1e-6, copy=copy, op_s=cal.op_overhead_us * 1e-6,
+        tp_module_s=cal.tp_module_overhead_us * 1e-6, fsdp_group_s=cal.fsdp_group_overhead_us * 1e-6,
         intra=max(intra, 1e-9) * 1e9 / 8, inter=max(inter, 1e-9) * 1e9 / 8,
         a_intra=(cal.intra_latency_us or topo.intra_latency_us) * 1e-6,
         a_inter=(cal.inter_latency_us or topo.inter_latency_us) * 1e-6,
@@ -177,7 +180,15 @@ def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf
     head_t = _gemm(b * T, h, V, r, e)[0] if V else np.zeros_like(b)
     loss_t = 32 * b * T * V / r.copy if (V and r.copy > 0) else np.zeros_like(b)
     root = 3 * head_t + loss_t + OPS_ROOT_PER_MICROBATCH * r.op_s
-    stage = lambda L, extra: L * (fwd + bwd + recompute) + extra  # noqa: E731
+    # The tuner's ‖∂L_i/∂h‖ (first micro-batch, last stage): one more backward through the
+    # head and the loss, outside the pipeline's slots.
+    norms = head_t + loss_t / 2
+    # Python-side wrappers: the block's TP modules (7 linears; SP adds 2 norms and 2 input
+    # re-layouts) and one FSDP2 group per block plus the root.
+    tp_modules = np.where(tp > 1, GEMMS_PER_BLOCK - (0 if spec.gated_mlp else 1) + 4.0 * lay.sp, 0.0)
+    wrappers = tp_modules * r.tp_module_s + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
+    root = root + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
+    stage = lambda L, extra: L * (fwd + bwd + recompute + wrappers) + extra  # noqa: E731
     compute_first = stage(L_first, np.where(pp == 1, root, 0.0))
     compute_last = stage(L_last, root)
     tp_first, tp_last = L_first * (tp_f + tp_b + tp_re), L_last * (tp_f + tp_b + tp_re)
@@ -217,7 +228,7 @@ def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf
     optimizer = (opt_bytes / r.copy if r.copy > 0 else 0.0) + tensors * OPS_PER_PARAM_TENSOR * r.op_s
 
     # The step is linear in the fitted constants (calibrate.fit_calibration relies on it).
-    compute_part = slots * slot_c + optimizer
+    compute_part = slots * slot_c + optimizer + norms
     comm_part = slots * slot_k + exposed
     step = cal.compute_scale * compute_part + cal.comm_scale * comm_part + cal.step_overhead_s
     cs, ks = cal.compute_scale, cal.comm_scale
@@ -234,6 +245,7 @@ def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf
         "dp_comm_s": ks * dp_time,
         "dp_exposed_s": ks * exposed,
         "optimizer_s": cs * optimizer,
+        "norms_s": cs * norms,
         "overhead_s": np.full_like(dp, cal.step_overhead_s),
         "mfu": spec.flops_per_step() / (step * lay.world * topo.peak_tflops * 1e12),
     }

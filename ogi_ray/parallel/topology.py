@@ -46,6 +46,10 @@ class Calibration:
     gemm_overhead_us: float = 0.0  # fixed time per GEMM call (dispatch, launch), fitted with it
     copy_gb_per_s: float = 0.0  # achieved memory copy bandwidth (read + write), GB/s per device
     op_overhead_us: float = 0.0  # fixed time per non-GEMM op of an eager step (autograd included)
+    # Python-side cost per micro-batch (forward + backward) of one TP/SP-parallelised module
+    # (DTensor dispatch, redistributes) and of one FSDP2 group (hooks, copy-in/out).
+    tp_module_overhead_us: float = 0.0
+    fsdp_group_overhead_us: float = 0.0
     intra_bus_gbps: float = 0.0  # measured ring bus bandwidth inside a node, Gbit/s per device
     inter_bus_gbps: float = 0.0  # the same between nodes (one group alone on the NICs)
     intra_latency_us: float = 0.0  # measured alpha per ring step; 0: the topology's figure
@@ -61,6 +65,7 @@ class Calibration:
 
     def validate(self) -> None:
         for key in ("gemm_tflops", "gemm_overhead_us", "copy_gb_per_s", "op_overhead_us",
+                    "tp_module_overhead_us", "fsdp_group_overhead_us",
                     "intra_bus_gbps", "inter_bus_gbps", "intra_latency_us", "inter_latency_us",
                     "step_overhead_s", "memory_overhead_mib"):
             if getattr(self, key) < 0:
