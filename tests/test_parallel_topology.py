@@ -268,3 +268,23 @@ def test_local_probes_measure_something():
     # Any CPU of the last decade does 1 GFLOP/s and copies 0.5 GB/s; no CPU does 100 TFLOP/s.
     assert 1e-3 < probe_matmul_tflops(n=256, seconds=0.05) < 100
     assert 0.5 < probe_copy_gb_per_s(mib=16, repeats=2) < 1000
+
+
+def test_calibration_section_loads_and_names_bad_keys(tmp_path):
+    text = _yaml(GOOD) + "calibration:\n  gemm_tflops: 250.5\n  overlap: 0.6\n  source: probe\n"
+    topo = load_topology(_write(tmp_path, text))
+    assert topo.calibration.gemm_tflops == 250.5 and topo.calibration.overlap == 0.6
+    assert load_topology(_write(tmp_path, dump_topology(topo), "again.yaml")) == topo
+    bad = _write(tmp_path, _yaml(GOOD) + "calibration:\n  compute_scale: 0\n", "bad.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_topology(bad)
+    assert e.value.field == "calibration.compute_scale" and "> 0" in e.value.message
+
+
+def test_shared_node_splits_one_node_among_workers():
+    cpu = load_topology("cpu-2")  # 2 workers of 0.089 TFLOP/s, 10 GiB, 15 GB/s each
+    eight = cpu.shared_node(8)
+    assert (eight.nodes, eight.gpus_per_node) == (1, 8)
+    assert eight.peak_tflops == pytest.approx(0.089 * 2 / 8)
+    assert eight.hbm_gib == pytest.approx(10 * 2 / 8) and eight.hbm_gb_per_s == pytest.approx(15 * 2 / 8)
+    assert eight.intra_node_gbps == cpu.intra_node_gbps

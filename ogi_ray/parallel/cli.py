@@ -4,6 +4,7 @@ printing only; the work is in topology, discover, planner).
     ogi parallel plan (--topology FILE|NAME | --discover [--tier NAME])
                       (--model NAME | --params N --layers L --hidden H --heads A --seq S
                        --global-batch B) [--vocab V] [--ffn F] [--gated] [--max-idle F]
+                      [--precision bf16|fp32] [--memory-gib G] [--fix FIELD=VALUE ...]
                       [--json] [--top K]
     ogi parallel discover [--tier NAME] [--no-probe] [--allreduce] [--write FILE.yaml] [--json]
     ogi parallel topologies
@@ -22,7 +23,10 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ogi_ray.config import ConfigError, to_dict
+import yaml
+
+from ogi_ray.config import ConfigError, from_dict, to_dict
+from ogi_ray.parallel.plan import PLAN_FIELDS, ParallelConfig
 from ogi_ray.parallel.planner import REFERENCE_MODELS, format_table, model_spec, plan
 from ogi_ray.parallel.topology import Topology, bundled_topologies, dump_topology, load_topology
 
@@ -81,12 +85,26 @@ def _model(args: argparse.Namespace) -> Any:
             "vocab": args.vocab or 0, "ffn_hidden": args.ffn or 0, "gated_mlp": args.gated}
 
 
+def _fixed(items: list[str]) -> dict[str, Any]:
+    """``--fix tp=8 --fix activation_checkpoint=full`` → the fields, checked as the job
+    config's ``parallel`` section would check them."""
+    data = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in PLAN_FIELDS:
+            raise ConfigError("<arguments>", f"--fix {item}", f"expected FIELD=VALUE with FIELD in {list(PLAN_FIELDS)}")
+        data[key] = yaml.safe_load(value)
+    return from_dict(ParallelConfig, data, file="<arguments>", prefix="--fix").fixed()
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         topo = _discovered(args) if args.discover else load_topology(args.topology)
         spec = model_spec(_model(args), global_batch=args.global_batch, seq_len=args.seq,
                           world_size=topo.world_size)
-        result = plan(spec, topo, top_k=args.top, max_idle=args.max_idle)
+        memory = args.memory_gib * 2**30 if args.memory_gib else None
+        result = plan(spec, topo, top_k=args.top, max_idle=args.max_idle, precision=args.precision,
+                      fixed=_fixed(args.fix), memory_bytes=memory)
     except (ConfigError, RuntimeError) as e:
         print(f"ogi parallel plan: error: {e}", file=sys.stderr)
         return 2
@@ -140,10 +158,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = par.add_subparsers(dest="parallel_command", required=True)
 
     p = sub.add_parser(
-        "plan", help="choose dp, tp, pp and micro-batches for a model on a topology",
-        description="Score every (dp, tp, pp, micro-batches) layout with an analytic cost "
-        "model (compute roofline, TP all-reduces, PP bubble and sends, DP reduce-scatter/"
-        "all-gather) and print the fastest that fits memory, with runners-up.",
+        "plan", help="choose a parallel plan (dp, tp, pp, micro-batches, AC, SP, reshard) for a model",
+        description="Score every parallel plan the runtime implements (dp, tp, pp, "
+        "micro-batches, activation checkpointing, sequence parallelism, FSDP2 reshard mode) "
+        "with an analytic cost model (compute roofline, TP collectives, PP bubble and sends, "
+        "FSDP all-gathers/reduce-scatters) and a memory model, and print the fastest that "
+        "fits memory, with runners-up.",
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--topology", metavar="FILE|NAME",
@@ -164,6 +184,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gated", action="store_true", help="SwiGLU MLP (three matrices)")
     p.add_argument("--max-idle", type=float, default=0.0, metavar="F",
                    help="allow layouts that leave up to this fraction of devices idle (default 0)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16: autocast over fp32 parameters (default); fp32: no autocast")
+    p.add_argument("--memory-gib", type=_positive(float), metavar="G",
+                   help="per-device memory budget (default: 90%% of the topology's)")
+    p.add_argument("--fix", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"fix a plan field ({', '.join(PLAN_FIELDS)}); repeatable")
     p.add_argument("--top", type=_positive(int), default=5, metavar="K", help="alternatives shown")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)

@@ -1,279 +1,270 @@
-"""Analytic cost model of one optimizer step for a (dp, tp, pp, micro-batches) layout.
+"""Analytic step-time model of the program docs/parallel.md describes, vectorised over layouts.
 
-Everything is vectorised over candidate layouts, so the planner scores thousands at once:
+    ModelSpec, Topology (+ its Calibration), Layouts, precision
+        ──rates──► GEMM rate and per-call time, copy bandwidth, per-op time, link bandwidths
+        ──evaluate──► per candidate: compute (GEMM roofline + attention + element-wise +
+                      eager op overhead, recompute for AC), TP collectives, 1F1B slots and
+                      bubble, pipeline sends, FSDP2 all-gathers / reduce-scatters and the
+                      part compute cannot hide, AdamW and gradient clipping ─► step time
 
-    ModelSpec, Topology, CostParams, arrays dp, tp, pp, m, fsdp, full_recompute
-        ──evaluate──► dict of arrays: step time and its parts, bytes per device, MFU, HBM use
+Links use the alpha-beta ring model: an all-reduce of S bytes over n ranks costs
+2(n−1)/n·S/B + 2(n−1)·α, an all-gather or reduce-scatter (n−1)/n·S/B + (n−1)·α (Patarasuk &
+Yuan 2009; NCCL's "bus bandwidth"; Alpa's per-mesh-axis model). B is the bandwidth one
+group gets: a data-parallel group that leaves the node shares the node's NICs with the
+other tp groups crossing them at the same time (``dp_group_bandwidth``).
 
-Assumptions (docs/parallel.md gives the derivations and sources):
-  * bf16 compute, fp32 master weights and Adam moments; TP uses sequence parallelism
-    (Korthikanti et al. 2022), so norms and element-wise work are split over tp too;
-    attention is a fused (flash) kernel: the s×s scores are never stored.
-  * Compute: each GEMM of a layer costs max(FLOPs / (eff·peak), bytes / (eff·HBM bw))
-    (a roofline), attention 4·b·s²·h/t FLOPs, element-wise ops their HBM traffic;
-    backward = 2 × forward, full recomputation adds one forward.
-  * TP: 4 all-reduces (or all-gather + reduce-scatter pairs, same volume) of b·s·h bf16
-    activations per layer per micro-batch, 6 with full recomputation; ring cost
-    2(t−1)/t · bytes / link + 2(t−1)·alpha over the intra-node link; not overlapped.
-  * PP: 1F1B; the step takes (m + p − 1) micro-batch slots, of which p − 1 are the bubble,
-    fraction (p − 1)/(m + p − 1) (Narayanan et al. 2021). Each slot sends one activation
-    and receives one gradient of b·s·h/t bf16 values (scatter-gather optimisation).
-  * DP, "zero1" (Megatron distributed optimizer): bf16 weights and fp32 gradients stay
-    whole on each replica, the 12 B/param of fp32 master + Adam moments are sharded
-    (6 + 12/d bytes per parameter); once per step a reduce-scatter of fp32 gradients and an
-    all-gather of bf16 weights, overlapped with one micro-batch of compute (the last
-    backward, the first forward).
-    "fsdp" (FSDP2 / ZeRO-3): 16/d bytes per parameter plus two unsharded layers; every
-    micro-batch all-gathers weights twice (forward, backward) and reduce-scatters
-    gradients, overlapped with all compute of the step. Only ``overlap_efficiency`` (0.8)
-    of a window hides communication.
-  * Memory: weights/gradients/optimizer state as above over the device's N/(t·p)
-    parameters; activations per layer s·b·(18h + 4f)/t bytes (GELU MLP of width f; 34·s·b·h/t
-    for f = 4h, Korthikanti's selective-recomputation figure), 6f for a gated MLP,
-    2·s·b·h/t with full recomputation; the first stage holds min(m, p) micro-batches.
-
-No torch here: planning must import in milliseconds.
+Constants come from the topology's Calibration (probes, fitted steps); where nothing was
+measured, from the datasheet times the published efficiencies ``DEFAULT_*``. No torch here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ogi_ray.parallel.topology import Topology
+from ogi_ray.parallel.shapes import AC_MODES, GIB, Layouts, ModelSpec  # noqa: F401 (re-export)
+from ogi_ray.parallel.topology import Calibration, Topology
 
-GIB = 2**30
-# Adam step over the local shard: read fp32 grad, master, m, v (16 B), write master, m, v
-# and the bf16 weight (14 B).
-OPTIMIZER_BYTES_PER_PARAM = 30.0
-
-
-@dataclass(kw_only=True)
-class ModelSpec:
-    params: float  # total parameters N
-    layers: int
-    hidden: int
-    heads: int
-    seq_len: int
-    global_batch: int  # sequences per optimizer step
-    vocab: int = 0  # 0: unknown (no logits term)
-    ffn_hidden: int = 0  # 0: 4 · hidden
-    gated_mlp: bool = False  # SwiGLU: three MLP matrices instead of two
-    name: str = "custom"
-
-    def validate(self) -> None:
-        for key in ("layers", "hidden", "heads", "seq_len", "global_batch"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if not self.params > 0:
-            raise ValueError(f"params: must be > 0, got {self.params}")
-        if self.hidden % self.heads:
-            raise ValueError(f"heads: {self.heads} must divide hidden {self.hidden}")
-        for key in ("vocab", "ffn_hidden"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-
-    @property
-    def ffn(self) -> int:
-        return self.ffn_hidden or 4 * self.hidden
-
-    @property
-    def layer_params(self) -> float:
-        return 4 * self.hidden**2 + (3 if self.gated_mlp else 2) * self.hidden * self.ffn
-
-    @property
-    def matmul_params(self) -> float:
-        """Parameters that take part in a matmul: all but the input embedding (a lookup)."""
-        emb = self.vocab * self.hidden
-        return self.params - emb if emb < self.params else self.params
-
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6·N + 12·L·h·s for attention (PaLM, Chowdhery et al. 2022)."""
-        return 6 * self.matmul_params + 12 * self.layers * self.hidden * self.seq_len
-
-    def flops_per_step(self) -> float:
-        return self.flops_per_token() * self.global_batch * self.seq_len
+# Fallbacks when the calibration has no measurement (docs/parallel.md gives the sources).
+DEFAULT_MATMUL_EFFICIENCY = 0.75  # large bf16 GEMMs reach 70–90 % of dense peak
+DEFAULT_HBM_EFFICIENCY = 0.8  # STREAM-like copies reach ~80 % of datasheet HBM bandwidth
+DEFAULT_LINK_EFFICIENCY = 0.8  # NCCL bus bandwidth / line rate (nccl-tests: 46–48 of 50 GB/s NDR)
+DEFAULT_OVERLAP = {"gpu": 0.8, "cpu": 0.0}  # GPUs overlap on streams; CPU ranks share cores
+# Eager dispatches per block and micro-batch, counted with a TorchDispatchMode on the ogi
+# model (torch 2.13): forward, backward, and what selective AC recomputes (all but the 7
+# matmuls, attention and their views).
+OPS_PER_BLOCK = {"fwd": 104.0, "bwd": 159.0, "selective": 90.0}
+OPS_ROOT_PER_MICROBATCH = 100.0  # embeddings, final norm, heads, losses, the all-heads anchor
+OPS_PER_PARAM_TENSOR = 11.0  # per step: AdamW's per-tensor loop, norms for clipping and GNS
+# AdamW over fp32 state: read param, grad, m, v (16 B), write param, m, v (12 B).
+OPTIMIZER_BYTES_PER_PARAM = 28.0
+GEMMS_PER_BLOCK = 7  # wq, wk, wv, wo, w1, w3, w2 (6 without a gate)
 
 
-@dataclass(kw_only=True)
-class CostParams:
-    matmul_efficiency: float = 0.75  # large bf16 GEMMs reach 70–90 % of dense peak
-    hbm_efficiency: float = 0.8  # of the datasheet memory bandwidth
-    link_efficiency: float = 0.8  # NCCL bus bandwidth / line rate
-    memory_fraction: float = 0.9  # of HBM usable: CUDA context, NCCL buffers, fragmentation
-    grad_reduce_bytes: int = 4  # fp32 gradient reduction (torchtitan and Megatron default)
-    tp_overlap: float = 0.0  # fraction of TP communication hidden (async TP); 0 = none
-    # Fraction of the overlap window that hides DP traffic: NCCL kernels take SMs and HBM
-    # bandwidth from the compute they overlap, and each pass's first all-gather and last
-    # reduce-scatter have nothing to hide behind.
-    overlap_efficiency: float = 0.8
-
-    def validate(self) -> None:
-        for key in ("matmul_efficiency", "hbm_efficiency", "link_efficiency", "memory_fraction"):
-            if not 0 < getattr(self, key) <= 1:
-                raise ValueError(f"{key}: must be in (0, 1], got {getattr(self, key)}")
-        for key in ("tp_overlap", "overlap_efficiency"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"{key}: must be in [0, 1], got {getattr(self, key)}")
-
-
-def bubble_fraction(pp: int | np.ndarray, microbatches: int | np.ndarray) -> np.ndarray | float:
-    """Idle fraction of a 1F1B (or GPipe) pipeline step: (p − 1) / (m + p − 1)."""
-    return (pp - 1) / (microbatches + pp - 1)
-
-
-def ring_factor(n: int | np.ndarray) -> np.ndarray | float:
+def ring_factor(n: Any) -> Any:
     """Bytes each rank sends in a ring all-reduce, per byte of buffer: 2(n − 1)/n."""
     return 2 * (n - 1) / n
 
 
-def activation_bytes_per_layer(
-    spec: ModelSpec, micro_batch: float, tp: int | np.ndarray, full_recompute: bool | np.ndarray = False
-) -> np.ndarray | float:
-    """Stored activations of one layer for one micro-batch (bf16, sequence-parallel TP)."""
-    s, h = spec.seq_len, spec.hidden
-    # Attention 11sbh + two norms 4sbh + MLP input and dropout mask 3sbh = 18sbh; the MLP
-    # keeps its width-f intermediates: 2 tensors of 2 B (GELU) or 3 (SwiGLU).
-    inner = (6 if spec.gated_mlp else 4) * spec.ffn
-    selective = s * micro_batch * (18 * h + inner) / tp
-    return np.where(full_recompute, 2 * s * micro_batch * h / tp, selective)
+def bubble_fraction(pp: Any, microbatches: Any) -> Any:
+    """Idle fraction of a 1F1B (or GPipe) pipeline step: (p − 1) / (m + p − 1)."""
+    return (pp - 1) / (microbatches + pp - 1)
 
 
-def _gemm(rows: np.ndarray, k: np.ndarray | float, n: np.ndarray | float,
-          flops_rate: float, bytes_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Roofline time and HBM bytes of a (rows × k) @ (k × n) bf16 matmul."""
-    flops = 2.0 * rows * k * n
-    nbytes = 2.0 * (rows * k + k * n + rows * n)
-    t = flops / flops_rate
-    if bytes_rate > 0:
-        t = np.maximum(t, nbytes / bytes_rate)
-    return t, nbytes
+def all_reduce_time(n: Any, nbytes: Any, bw: Any, alpha: Any) -> np.ndarray:
+    return np.where(n > 1, ring_factor(n) * nbytes / bw + 2 * (n - 1) * alpha, 0.0)
 
 
-def evaluate(
-    spec: ModelSpec,
-    topo: Topology,
-    dp: np.ndarray,
-    tp: np.ndarray,
-    pp: np.ndarray,
-    m: np.ndarray,
-    fsdp: np.ndarray,
-    full_recompute: np.ndarray,
-    params: CostParams | None = None,
-) -> dict[str, np.ndarray]:
-    """Predicted step time (s), its parts, bytes per device and utilisation, per candidate."""
-    cp = params or CostParams()
-    dp, tp, pp, m = (np.asarray(x, dtype=np.float64) for x in (dp, tp, pp, m))
-    fsdp = np.asarray(fsdp, dtype=bool)
-    full = np.asarray(full_recompute, dtype=bool)
-    s, h, L, V = spec.seq_len, float(spec.hidden), spec.layers, spec.vocab
-    f = float(spec.ffn)
-    gate = 2.0 if spec.gated_mlp else 1.0
-    b = spec.global_batch / (dp * m)  # micro-batch size (sequences)
-    rows = b * s
+def gather_time(n: Any, nbytes: Any, bw: Any, alpha: Any) -> np.ndarray:
+    """All-gather (or reduce-scatter) of a buffer of ``nbytes`` (the unsharded size)."""
+    return np.where(n > 1, (n - 1) / n * nbytes / bw + (n - 1) * alpha, 0.0)
 
-    peak = topo.peak_tflops * 1e12
-    flops_rate = peak * (topo.matmul_efficiency or cp.matmul_efficiency)
-    hbm = topo.hbm_gb_per_s * 1e9
-    bytes_rate = hbm * cp.hbm_efficiency
 
-    # --- compute: one layer's forward pass on one device, for one micro-batch
-    layer_t = np.zeros_like(dp)
-    layer_bytes = np.zeros_like(dp)
-    for k, n in ((h, 3 * h / tp), (h / tp, h), (h, gate * f / tp), (f / tp, h)):
-        t, nb = _gemm(rows, k, n, flops_rate, bytes_rate)
-        layer_t += t
-        layer_bytes += nb
-    layer_t += 4.0 * b * s * s * h / tp / flops_rate  # QK^T and AV, fused kernel
-    # Element-wise HBM traffic, bytes per token: 2 norms (8h), 2 residual adds (12h),
-    # rotary on q, k (8h), the MLP activation (4f; 6f gated).
-    elem = rows * (28 * h + (6 if spec.gated_mlp else 4) * f) / tp
-    layer_bytes += elem + 8.0 * rows * h / tp  # + q, k, v, o streamed by the fused kernel
-    if bytes_rate > 0:
-        layer_t += elem / bytes_rate
-    head_t, head_bytes = (_gemm(rows, h, V / tp, flops_rate, bytes_rate) if V
-                          else (np.zeros_like(dp), np.zeros_like(dp)))
-    passes = 3.0 + full  # forward, backward (2×), recomputed forward
-    compute_mb = (L / pp) * layer_t * passes + 3.0 * head_t
+@dataclass(frozen=True)
+class Rates:
+    flops: float  # GEMM FLOP/s
+    gemm_s: float  # fixed time per GEMM call
+    copy: float  # bytes/s of element-wise traffic (0: no memory-bound term)
+    op_s: float  # fixed time per eager op
+    tp_module_s: float  # per TP/SP-parallelised module and micro-batch
+    fsdp_group_s: float  # per FSDP2 group and micro-batch
+    intra: float  # bus bytes/s per device inside a node
+    inter: float  # bus bytes/s per device between nodes (per NIC share)
+    a_intra: float
+    a_inter: float
+    overlap: float
+    cal: Calibration
 
-    # --- links (bytes/s) and latencies (s)
+
+def rates(topo: Topology, precision: str = "bf16") -> Rates:
+    """The constants one evaluation uses: measured ones from ``topo.calibration``, else
+    datasheet × DEFAULT_* efficiency. ``precision`` only matters for the fallback of a CPU
+    (whose peak is an fp32 probe)."""
+    cal = topo.calibration
+    eff = topo.matmul_efficiency or DEFAULT_MATMUL_EFFICIENCY
+    flops = cal.gemm_tflops * 1e12 or topo.peak_tflops * 1e12 * eff
+    copy = cal.copy_gb_per_s * 1e9 or topo.hbm_gb_per_s * 1e9 * DEFAULT_HBM_EFFICIENCY
+    intra = cal.intra_bus_gbps or topo.intra_node_gbps * DEFAULT_LINK_EFFICIENCY
+    inter = cal.inter_bus_gbps or topo.inter_node_gbps * DEFAULT_LINK_EFFICIENCY
+    kind = "cpu" if topo.gpu == "cpu" else "gpu"
+    return Rates(
+        flops=flops, gemm_s=cal.gemm_overhead_us * 1e-6, copy=copy, op_s=cal.op_overhead_us * 1e-6,
+        tp_module_s=cal.tp_module_overhead_us * 1e-6, fsdp_group_s=cal.fsdp_group_overhead_us * 1e-6,
+        intra=max(intra, 1e-9) * 1e9 / 8, inter=max(inter, 1e-9) * 1e9 / 8,
+        a_intra=(cal.intra_latency_us or topo.intra_latency_us) * 1e-6,
+        a_inter=(cal.inter_latency_us or topo.inter_latency_us) * 1e-6,
+        overlap=DEFAULT_OVERLAP[kind] if cal.overlap is None else cal.overlap, cal=cal,
+    )
+
+
+def dp_group_bandwidth(topo: Topology, r: Rates, dp: Any, tp: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Bus bandwidth (bytes/s) and alpha of one data-parallel group's ring.
+
+    Mesh order (pp, dp, tp): a node holds g consecutive ranks, so once dp·tp > g a DP
+    group has g/tp members in each node and tp groups cross the node's NICs at once. The
+    node's inter-node bandwidth is g × the per-device figure, so each group gets its
+    1/tp share, (g/tp) × per device: NCCL spreads one group's ring over that many NICs
+    (one channel per NIC). The ring is also no faster than its intra-node hops."""
     g = topo.gpus_per_node
-    intra = topo.intra_node_gbps * 1e9 / 8 * cp.link_efficiency
-    inter = topo.inter_node_gbps * 1e9 / 8 * cp.link_efficiency
-    a_intra, a_inter = topo.intra_latency_us * 1e-6, topo.inter_latency_us * 1e-6
-    world = dp * tp * pp
-    act_msg = 2.0 * rows * h  # one bf16 activation tensor of the micro-batch
+    crosses = dp * tp > g
+    share = np.minimum(r.inter * np.maximum(g / tp, 1.0), r.intra)
+    return np.where(crosses, share, r.intra), np.where(crosses, r.a_inter, r.a_intra)
 
-    # --- TP: ring collectives inside the node (tp divides gpus_per_node)
-    n_coll = 4.0 + 2.0 * full
-    tp_layer = np.where(
-        tp > 1,
-        n_coll * (2 * (tp - 1) * a_intra + ring_factor(tp) * act_msg / max(intra, 1e-9)),
-        0.0,
-    ) * (1 - cp.tp_overlap)
-    tp_mb = (L / pp) * tp_layer
-    t_mb = compute_mb + tp_mb
 
-    # --- PP: mesh order (pp, dp, tp): stages are dp·tp ranks apart, so any layout larger
-    # than one node has stage boundaries that cross nodes; the slowest boundary paces all.
-    multi_node = world > g
-    pp_bw = np.where(multi_node, inter, intra)
-    pp_a = np.where(multi_node, a_inter, a_intra)
-    p2p = np.where(pp > 1, 2 * (pp_a + act_msg / tp / np.maximum(pp_bw, 1e-9)), 0.0)
-    slot = t_mb + p2p
-    pipeline = (m + pp - 1) * slot
-    bubble = (pp - 1) * slot
+def _gemm(rows: Any, k: Any, n: Any, r: Rates, e: float) -> tuple[np.ndarray, np.ndarray]:
+    """Roofline time of one (rows × k) @ (k × n) matmul, and its FLOPs."""
+    flops = 2.0 * rows * k * n
+    t = flops / r.flops
+    if r.copy > 0:
+        t = np.maximum(t, e * (rows * k + k * n + rows * n) / r.copy)
+    return t + r.gemm_s, flops
 
-    # --- DP: the group spans nodes once dp·tp exceeds one node
-    p_dev = spec.params / (tp * pp)
-    dp_bw = np.where(dp * tp > g, inter, intra)
-    dp_a = np.where(dp * tp > g, a_inter, a_intra)
-    frac = (dp - 1) / dp
-    gather, reduce = 2.0, float(cp.grad_reduce_bytes)
-    dp_bytes = np.where(fsdp, m * frac * p_dev * (2 * gather + reduce), frac * p_dev * (gather + reduce))
-    dp_colls = np.where(fsdp, 3 * m, 2.0)
-    dp_time = np.where(dp > 1, dp_bytes / np.maximum(dp_bw, 1e-9) + dp_colls * (dp - 1) * dp_a, 0.0)
-    window = np.where(fsdp, m * t_mb, t_mb) * cp.overlap_efficiency
-    dp_exposed = np.maximum(dp_time - window, 0.0)
 
-    opt_bytes = OPTIMIZER_BYTES_PER_PARAM * p_dev / dp
-    opt_time = opt_bytes / bytes_rate if bytes_rate > 0 else np.zeros_like(dp)
-    step = pipeline + dp_exposed + opt_time
+def _block_compute(spec: ModelSpec, lay: Layouts, r: Rates, e: float) -> dict[str, np.ndarray]:
+    """Forward time of one block for one micro-batch on one rank, split by kind."""
+    h, f, s = float(spec.hidden), float(spec.ffn), float(spec.seq_len)
+    tp = lay.tp
+    rows = lay.rows * s
+    gemm = np.zeros_like(rows)
+    for k, n, count in ((h, h / tp, 3), (h / tp, h, 1), (h, f / tp, spec.mlp_in), (f / tp, h, 1)):
+        gemm = gemm + count * _gemm(rows, k, n, r, e)[0]
+    attn = 4.0 * lay.rows * s * s * h / tp / r.flops + r.gemm_s  # dense masked kernel
+    # Element-wise traffic per token: norms and residual adds (split by SP), rotary,
+    # casts and the MLP activation (split by TP): each value written once, read once.
+    rr = np.where(lay.sp, tp, 1.0)
+    elem_bytes = rows * e * (20 * h / rr + 8 * h / tp + 2 * (spec.mlp_in + 1) * f / tp)
+    elem = elem_bytes / r.copy if r.copy > 0 else np.zeros_like(rows)
+    return {"gemm": gemm, "attn": attn, "elem": elem}
 
-    # --- memory per device (bytes)
-    layer_dev = spec.layer_params / tp
-    weights = np.where(fsdp, 4.0 * p_dev / dp + 2.0 * 2 * layer_dev, 2.0 * p_dev)
-    grads = np.where(fsdp, 4.0 * p_dev / dp + 2.0 * 4 * layer_dev, 4.0 * p_dev)
-    optim = np.where(fsdp, 8.0, 12.0) * p_dev / dp  # fsdp's fp32 master is in `weights`
-    act_full = activation_bytes_per_layer(spec, b, tp, False)
-    stored = activation_bytes_per_layer(spec, b, tp, full)
-    recompute_buf = np.where(full, act_full, 0.0)  # the layer being recomputed
-    first = stored * (L / pp) * np.minimum(m, pp) + recompute_buf
-    last = stored * (L / pp) + recompute_buf + 4.0 * rows * V / tp  # fp32 logits
-    activations = np.maximum(first, last)
-    memory = weights + grads + optim + activations
-    capacity = topo.hbm_gib * GIB * cp.memory_fraction
 
-    hbm_bytes = m * ((L / pp) * layer_bytes * passes + 3 * head_bytes) + opt_bytes
+def _tp_time(spec: ModelSpec, lay: Layouts, r: Rates, e: float) -> tuple[np.ndarray, np.ndarray]:
+    """TP collectives of one block per micro-batch: (forward, backward) seconds.
+
+    Without SP each sublayer all-reduces the row-parallel output (e bytes per value)
+    forward and the column-parallel input gradient backward. With SP the forward
+    all-gathers the fp32 norm output and reduce-scatters the output; backward does the
+    reverse: the same ring volume per dtype, but the gathered side is fp32."""
+    msg = lay.rows * spec.seq_len * spec.hidden
+    ar = all_reduce_time(lay.tp, e * msg, r.intra, r.a_intra)
+    sp_pair = gather_time(lay.tp, 4 * msg, r.intra, r.a_intra) + gather_time(lay.tp, e * msg, r.intra, r.a_intra)
+    one = np.where(lay.sp, sp_pair, ar)
+    return 2 * one, 2 * one
+
+
+def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf16") -> dict[str, np.ndarray]:
+    """Predicted step time (s) and its parts per candidate; see docs/parallel.md."""
+    from ogi_ray.parallel.memory import NORMS_BACKWARD_RESHARDS, act_bytes
+
+    r = rates(topo, precision)
+    e = act_bytes(precision)
+    cal = r.cal
+    dp, tp, pp, m, b = lay.dp, lay.tp, lay.pp, lay.m, lay.rows
+    s, h, V, T = float(spec.seq_len), float(spec.hidden), float(spec.vocab), float(spec.text_tokens)
+    L_first, L_last = lay.stage_layers(spec.layers)
+
+    # --- compute of one block, one micro-batch; backward = 2 × forward; AC recomputes
+    blk = _block_compute(spec, lay, r, e)
+    fwd = blk["gemm"] + blk["attn"] + blk["elem"] + OPS_PER_BLOCK["fwd"] * r.op_s
+    bwd = 2 * (blk["gemm"] + blk["attn"] + blk["elem"]) + OPS_PER_BLOCK["bwd"] * r.op_s
+    recompute = np.select([lay.ac == 1, lay.ac == 2],
+                          [blk["elem"] + OPS_PER_BLOCK["selective"] * r.op_s, fwd], 0.0)
+    tp_f, tp_b = _tp_time(spec, lay, r, e)
+    # Full AC re-runs the forward's collectives; selective saves all-reduce and
+    # reduce-scatter outputs but re-gathers the SP norm outputs (fp32) in backward.
+    regather = 2 * gather_time(tp, 4 * b * s * h, r.intra, r.a_intra)
+    tp_re = np.select([lay.ac == 2, (lay.ac == 1) & lay.sp], [tp_f, regather], 0.0)
+    # Heads are replicated over tp: every tp rank runs the whole LM head. The loss reads
+    # and writes the logit-sized buffers (memory.py) about twice.
+    head_t = _gemm(b * T, h, V, r, e)[0] if V else np.zeros_like(b)
+    loss_t = 32 * b * T * V / r.copy if (V and r.copy > 0) else np.zeros_like(b)
+    root = 3 * head_t + loss_t + OPS_ROOT_PER_MICROBATCH * r.op_s
+    # The tuner's ‖∂L_i/∂h‖ (first micro-batch, last stage): one more backward through the
+    # head and the loss, outside the pipeline's slots.
+    norms = head_t + loss_t / 2
+    # Python-side wrappers: the block's TP modules (7 linears; SP adds 2 norms and 2 input
+    # re-layouts) and one FSDP2 group per block plus the root.
+    tp_modules = np.where(tp > 1, GEMMS_PER_BLOCK - (0 if spec.gated_mlp else 1) + 4.0 * lay.sp, 0.0)
+    wrappers = tp_modules * r.tp_module_s + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
+    root = root + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
+    stage = lambda L, extra: L * (fwd + bwd + recompute + wrappers) + extra  # noqa: E731
+    compute_first = stage(L_first, np.where(pp == 1, root, 0.0))
+    compute_last = stage(L_last, root)
+    tp_first, tp_last = L_first * (tp_f + tp_b + tp_re), L_last * (tp_f + tp_b + tp_re)
+
+    # --- PP: 1F1B, (m + p − 1) slots paced by the slower end stage; each slot sends the
+    # fp32 residual stream forward and its gradient back (1/tp of it under SP).
+    multi_node = lay.world > topo.gpus_per_node
+    p2p_bw = np.where(multi_node, r.inter, r.intra)
+    p2p_a = np.where(multi_node, r.a_inter, r.a_intra)
+    act = 4.0 * b * s * h / np.where(lay.sp, tp, 1.0)
+    p2p = np.where(pp > 1, 2 * (p2p_a + act / p2p_bw), 0.0)
+    last_slower = compute_last + tp_last > compute_first + tp_first
+    slot_c = np.where(last_slower, compute_last, compute_first)
+    slot_k = np.where(last_slower, tp_last, tp_first) + p2p
+    slots = m + pp - 1
+
+    # --- DP: FSDP2 over fp32 parameters. Without a pipeline each micro-batch gathers every
+    # group in forward (again in backward when resharded) and reduce-scatters its
+    # gradients; a pipeline stage gathers once and reduce-scatters once per step.
+    blk = spec.layer_params / tp + 2 * h
+    P = np.maximum(L_first * blk + np.where(pp == 1, spec.root_params, spec.embed_params),
+                   L_last * blk + spec.head_params)
+    groups = L_first + 1
+    # (reshard_after_forward=False still re-gathers once: memory.NORMS_BACKWARD_RESHARDS)
+    regather_once = 1.0 if NORMS_BACKWARD_RESHARDS else 0.0
+    per_pass = np.where(pp == 1, np.where(lay.raf, 3.0 * m, 2.0 * m + regather_once), 2.0)
+    bw, a = dp_group_bandwidth(topo, r, dp, tp)
+    dp_time = np.where(dp > 1, per_pass * ((dp - 1) / dp * 4 * P / bw + groups * (dp - 1) * a), 0.0)
+    window = np.where(pp == 1, m, 1.0) * slot_c
+    # The first gather and the last reduce-scatter have nothing to hide behind.
+    exposed = np.where(dp > 1, np.maximum(dp_time - r.overlap * window, dp_time / groups), 0.0)
+
+    # --- AdamW over the local shard; clipping and the GNS norms read the gradients 3 times.
+    shard = np.where(lay.world > 1, dp, 1.0)
+    tensors = L_first * (GEMMS_PER_BLOCK - (0 if spec.gated_mlp else 1) + 2) + 4
+    opt_bytes = (OPTIMIZER_BYTES_PER_PARAM + 12.0) * P / shard
+    optimizer = (opt_bytes / r.copy if r.copy > 0 else 0.0) + tensors * OPS_PER_PARAM_TENSOR * r.op_s
+
+    # The step is linear in the fitted constants (calibrate.fit_calibration relies on it).
+    compute_part = slots * slot_c + optimizer + norms
+    comm_part = slots * slot_k + exposed
+    step = cal.compute_scale * compute_part + cal.comm_scale * comm_part + cal.step_overhead_s
+    cs, ks = cal.compute_scale, cal.comm_scale
     return {
         "step_time_s": step,
-        "compute_s": m * compute_mb,
-        "tp_comm_s": m * tp_mb,
-        "pp_p2p_s": m * p2p,
-        "pp_bubble_s": bubble,
+        "compute_part_s": compute_part,  # before compute_scale
+        "comm_part_s": comm_part,  # before comm_scale
+        "compute_s": cs * m * slot_c,
+        "recompute_s": cs * m * np.maximum(L_first, L_last) * recompute,
+        "tp_comm_s": ks * m * np.where(last_slower, tp_last, tp_first),
+        "pp_p2p_s": ks * m * p2p,
+        "pp_bubble_s": (pp - 1) * (cs * slot_c + ks * slot_k),
         "bubble_fraction": bubble_fraction(pp, m),
-        "dp_comm_s": dp_time,
-        "dp_exposed_s": dp_exposed,
-        "optimizer_s": opt_time,
-        "micro_batch": b,
-        "weights_bytes": weights,
-        "grads_bytes": grads,
-        "optimizer_bytes": optim,
-        "activation_bytes": activations,
-        "memory_bytes": memory,
-        "fits": memory <= capacity,
-        "capacity_bytes": np.full_like(dp, capacity),
-        "mfu": spec.flops_per_step() / (step * world * peak),
-        "hbm_util": hbm_bytes / (step * hbm) if hbm > 0 else np.full_like(dp, np.nan),
+        "dp_comm_s": ks * dp_time,
+        "dp_exposed_s": ks * exposed,
+        "optimizer_s": cs * optimizer,
+        "norms_s": cs * norms,
+        "overhead_s": np.full_like(dp, cal.step_overhead_s),
+        "mfu": spec.flops_per_step() / (step * lay.world * topo.peak_tflops * 1e12),
     }
+
+
+@dataclass
+class StepTimePrediction:
+    step_time_s: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def predict_step_time(plan: Any, model: Any, topo: Topology, *, seq_len: int | None = None,
+                      precision: str = "bf16") -> StepTimePrediction:
+    """Predicted seconds of one optimizer step of ``plan`` (a ParallelPlan) for ``model``
+    (ogi ModelConfig or preset, ModelSpec, or reference name) on ``topo`` (cut to the
+    plan's world size), with the breakdown of ``evaluate``."""
+    from ogi_ray.parallel.planner import model_spec, topology_for_world
+
+    spec = model_spec(model, global_batch=plan.global_batch, seq_len=seq_len)
+    res = evaluate(spec, topology_for_world(topo, plan.world_size), Layouts.from_plans([plan]), precision)
+    return StepTimePrediction(float(res["step_time_s"][0]),
+                              {k: float(v[0]) for k, v in res.items() if k != "step_time_s"})

@@ -6,6 +6,13 @@ nodes). It is filled in one of two ways and then handed to the planner unchanged
 
     YAML file (a cluster you plan for) ──load_topology──┐
     Ray tasks on the tier (discover.py) ──to_topology───┴─► Topology ─► planner.plan(...)
+    probes and measured steps (calibrate.py) ──────────────► Topology.calibration
+
+The datasheet side (peak, bandwidths, latencies) says what the hardware is; the nested
+:class:`Calibration` says what this software reaches on it (matmul rate at the model's
+own shapes, copy bandwidth, collective bus bandwidth, constants fitted to measured steps).
+A zero in it means "not measured": the cost model then falls back to the datasheet
+figure times a published efficiency (cost.py, ``DEFAULT_*``).
 
 Units, chosen to match how vendors publish them:
   * ``peak_tflops``: dense (no sparsity) bf16 TFLOP/s per device (fp32 for CPUs);
@@ -32,6 +39,45 @@ TOPOLOGY_DIR = Path(__file__).with_name("topologies")
 
 
 @dataclass(kw_only=True)
+class Calibration:
+    """Measured and fitted constants of the cost model; 0 (or None) = not measured."""
+
+    gemm_tflops: float = 0.0  # achieved matmul TFLOP/s per device at the model's GEMM shapes
+    gemm_overhead_us: float = 0.0  # fixed time per GEMM call (dispatch, launch), fitted with it
+    copy_gb_per_s: float = 0.0  # achieved memory copy bandwidth (read + write), GB/s per device
+    op_overhead_us: float = 0.0  # fixed time per non-GEMM op of an eager step (autograd included)
+    # Python-side cost per micro-batch (forward + backward) of one TP/SP-parallelised module
+    # (DTensor dispatch, redistributes) and of one FSDP2 group (hooks, copy-in/out).
+    tp_module_overhead_us: float = 0.0
+    fsdp_group_overhead_us: float = 0.0
+    intra_bus_gbps: float = 0.0  # measured ring bus bandwidth inside a node, Gbit/s per device
+    inter_bus_gbps: float = 0.0  # the same between nodes (one group alone on the NICs)
+    intra_latency_us: float = 0.0  # measured alpha per ring step; 0: the topology's figure
+    inter_latency_us: float = 0.0
+    overlap: float | None = None  # fraction of DP traffic hidden behind compute; None: default
+    # Fitted to measured step times and peaks (calibrate.fit_calibration); 1 and 0 = unfitted.
+    compute_scale: float = 1.0
+    comm_scale: float = 1.0
+    step_overhead_s: float = 0.0
+    memory_scale: float = 1.0
+    memory_overhead_mib: float = 0.0  # per process: allocator slack, runtime, CUDA context
+    source: str = ""
+
+    def validate(self) -> None:
+        for key in ("gemm_tflops", "gemm_overhead_us", "copy_gb_per_s", "op_overhead_us",
+                    "tp_module_overhead_us", "fsdp_group_overhead_us",
+                    "intra_bus_gbps", "inter_bus_gbps", "intra_latency_us", "inter_latency_us",
+                    "step_overhead_s", "memory_overhead_mib"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("compute_scale", "comm_scale", "memory_scale"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.overlap is not None and not 0 <= self.overlap <= 1:
+            raise ValueError(f"overlap: must be in [0, 1], got {self.overlap}")
+
+
+@dataclass(kw_only=True)
 class Topology:
     nodes: int
     gpus_per_node: int  # devices per node: GPUs, or training worker processes on CPU nodes
@@ -49,6 +95,7 @@ class Topology:
     matmul_efficiency: float = 0.0  # achievable fraction of peak on large GEMMs; 0: default
     labels: dict[str, str] = field(default_factory=dict)
     source: str = ""  # where the numbers come from
+    calibration: Calibration = field(default_factory=Calibration)
 
     def validate(self) -> None:
         if self.nodes < 1:
@@ -88,6 +135,19 @@ class Topology:
                 f"world_size: {world_size} is not a whole number of {g}-device nodes"
             )
         return replace(self, nodes=world_size // g)
+
+    def shared_node(self, workers: int) -> Topology:
+        """One node of this hardware run by ``workers`` processes that share it (CPU nodes
+        with fractional CPUs per worker): each gets 1/workers of the node's compute, memory
+        and memory bandwidth; links and latencies are unchanged."""
+        if workers < 1:
+            raise ValueError(f"workers: must be >= 1, got {workers}")
+        k = self.gpus_per_node / workers
+        cal = self.calibration
+        cal = replace(cal, gemm_tflops=cal.gemm_tflops * k, copy_gb_per_s=cal.copy_gb_per_s * k)
+        return replace(self, nodes=1, gpus_per_node=workers, hbm_gib=self.hbm_gib * k,
+                       peak_tflops=self.peak_tflops * k, hbm_gb_per_s=self.hbm_gb_per_s * k,
+                       calibration=cal)
 
 
 def topology_from_dict(data: dict, file: str | Path | None = None) -> Topology:

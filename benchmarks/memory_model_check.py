@@ -1,0 +1,232 @@
+"""Predicted against measured peak tensor memory per rank, for layouts of the real model.
+
+    python benchmarks/memory_model_check.py --model small --layout dp=2 --layout tp=2,sp=1,rows=4 ...
+
+Each layout runs in its own gloo process group on this machine (one process per rank, one
+thread each): the model is built and parallelised, one training step warms up (AdamW
+allocates its state), then the second step runs under ``LiveTensors``, a
+TorchDispatchMode that tracks every tensor storage by weak reference and re-measures
+them at every op (FSDP2 frees gathered parameters with ``resize_(0)``). The largest rank's
+peak is printed against ``memory.predict_peak_memory`` for the same ParallelPlan
+(docs/parallel.md, "Memory model"). Layout keys: dp, tp, pp, mbs, rows, ac
+(none|selective|full), sp (0|1), reshard (0|1), precision (bf16|fp32).
+
+Until ``parallel.apply`` builds activation checkpointing and sequence parallelism, this
+script applies them itself exactly as docs/parallel.md ("The program the predictions
+assume", items 6 and 7) specifies; everything else is the runtime's own code
+(``apply_tp``/``apply_fsdp``, ``build_pipeline``, ``loop.train_step``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import socket
+import weakref
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class LiveTensors(TorchDispatchMode):
+    """Peak bytes of live tensor storages (CPU), counted once per storage."""
+
+    def __init__(self, external: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.refs: dict[int, weakref.ref] = {}
+        self.peak = 0
+        for t in external:
+            self._add(t)
+
+    def _add(self, t: Any) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        t = getattr(t, "_local_tensor", t)  # a DTensor's shard
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        ref = self.refs.get(id(st))
+        if ref is None or ref() is not st:
+            self.refs[id(st)] = weakref.ref(st)
+
+    def _live_bytes(self) -> int:
+        seen: dict[int, int] = {}
+        for key, ref in list(self.refs.items()):
+            st = ref()
+            try:
+                if st is None:
+                    raise RuntimeError
+                n = st.nbytes()
+                if n:
+                    seen[st.data_ptr()] = max(n, seen.get(st.data_ptr(), 0))
+            except RuntimeError:
+                del self.refs[key]
+        return sum(seen.values())
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0] + tree_flatten(args)[0]:
+            self._add(t)
+        self.peak = max(self.peak, self._live_bytes())
+        return out
+
+
+def _checkpoint_blocks(model: torch.nn.Module, mode: str) -> None:
+    """Item 7: wrap each block's forward (names unchanged); selective saves matmul,
+    attention, all-reduce and reduce-scatter outputs and recomputes the rest."""
+    from torch.utils.checkpoint import (
+        CheckpointPolicy,
+        checkpoint,
+        create_selective_checkpoint_contexts,
+    )
+
+    aten, c10d = torch.ops.aten, torch.ops._c10d_functional
+    save = {aten.mm.default, aten.addmm.default, aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default,
+            c10d.all_reduce.default, c10d.reduce_scatter_tensor.default}
+
+    def policy(ctx: Any, op: Any, *a: Any, **k: Any) -> CheckpointPolicy:
+        return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
+
+    extra = {} if mode == "full" else {"context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
+    for blk in model.layers:
+        blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False, **extra)
+
+
+def _sequence_parallel(model: torch.nn.Module, tp_mesh: Any) -> None:
+    """Item 6: torchtitan's block plan; block 0 takes this rank's sequence shard and the
+    last block's output is gathered before the final norm."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    col, shard = ColwiseParallel, Shard(1)
+    plan = {"attn_norm": SequenceParallel(), "mlp_norm": SequenceParallel(),
+            "attn": PrepareModuleInput(input_layouts=(shard, None, None, None),
+                                       desired_input_layouts=(Replicate(), None, None, None)),
+            "mlp": PrepareModuleInput(input_layouts=(shard,), desired_input_layouts=(Replicate(),)),
+            "attn.wq": col(), "attn.wk": col(), "attn.wv": col(), "mlp.w1": col(), "mlp.w3": col(),
+            "attn.wo": RowwiseParallel(output_layouts=shard), "mlp.w2": RowwiseParallel(output_layouts=shard)}
+    for blk in model.layers:
+        parallelize_module(blk, tp_mesh, plan)
+    t, r = tp_mesh.size(), tp_mesh.get_local_rank()
+
+    def take_shard(mod: Any, a: tuple) -> tuple:
+        n = a[0].shape[1] // t
+        return (a[0][:, r * n:(r + 1) * n].contiguous(), *a[1:])
+
+    def gather(mod: Any, a: tuple, out: Any) -> Any:
+        return (out if isinstance(out, DTensor) else DTensor.from_local(out, tp_mesh, [shard])).full_tensor()
+
+    model.layers[0].register_forward_pre_hook(take_shard)
+    model.layers[-1].register_forward_hook(gather)
+
+
+def _rank(rank: int, world: int, port: int, preset_name: str, lay: dict[str, Any], out: Any) -> None:
+    from ogi_ray.model import build
+    from ogi_ray.model.config import preset
+    from ogi_ray.parallel import apply as par
+    from ogi_ray.parallel.device import Placement
+    from ogi_ray.parallel.dims import ParallelDims
+    from ogi_ray.parallel.pipeline import build_pipeline, pipeline_train_step
+    from ogi_ray.train.loop import train_step
+    from ogi_ray.train.optim import OptimConfig, build_optimizer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = preset(preset_name)
+    model = build(cfg)
+    dims = ParallelDims(dp=lay["dp"], tp=lay["tp"], pp=lay["pp"])
+    mesh = par.build_mesh("cpu", dims) if world > 1 else None
+    if lay["ac"] != "none":
+        _checkpoint_blocks(model, lay["ac"])
+    step, target = train_step, model
+    if lay["pp"] > 1:
+        pipe = build_pipeline(model, mesh, cfg, lay["mbs"], torch.device("cpu"))
+        model, target, step = pipe.module, pipe, pipeline_train_step
+    elif world > 1:
+        if lay["sp"]:
+            _sequence_parallel(model, mesh["tp"])
+        else:
+            par.apply_tp(model, mesh["tp"])
+        par.apply_fsdp(model, mesh["dp"], reshard_after_forward=lay["reshard"])
+    opt, sched = build_optimizer(model, OptimConfig(), 100)
+    placement = Placement(torch.device("cpu"), "gloo", torch.bfloat16 if lay["precision"] == "bf16" else None)
+    g = torch.Generator().manual_seed(1)
+    rows = lay["rows"]
+    micro = [{"tokens": torch.randint(0, cfg.vocab_size, (rows, cfg.n_text), generator=g),
+              "text_valid": torch.ones(rows, cfg.n_text, dtype=torch.bool)} for _ in range(lay["mbs"])]
+    kw = dict(cfg=cfg, placement=placement, grad_clip=1.0, lambdas={}, world_target=None)
+    step(target, opt, sched, micro, **kw)
+    opt.zero_grad(set_to_none=True)
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    with LiveTensors([*model.parameters(), *model.buffers(), *state]) as live:
+        step(target, opt, sched, micro, **kw)
+    peak = torch.tensor([float(live.peak)])
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        out.put(float(peak))
+    dist.destroy_process_group()
+
+
+def parse_layout(text: str) -> dict[str, Any]:
+    lay: dict[str, Any] = dict(dp=1, tp=1, pp=1, mbs=1, rows=8, ac="none", sp=0, reshard=None, precision="bf16")
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in lay:
+            raise SystemExit(f"--layout {text}: unknown key {key!r} (keys: {', '.join(lay)})")
+        lay[key] = value if key in ("ac", "precision") else int(value)
+    lay["sp"] = bool(lay["sp"])
+    lay["reshard"] = lay["pp"] == 1 if lay["reshard"] is None else bool(lay["reshard"])
+    return lay
+
+
+def measure(preset_name: str, lay: dict[str, Any]) -> float:
+    world = lay["dp"] * lay["tp"] * lay["pp"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_rank, args=(world, port, preset_name, lay, q), nprocs=world, start_method="spawn")
+    return q.get()
+
+
+def main() -> None:
+    from ogi_ray.model.config import preset
+    from ogi_ray.parallel.memory import predict_peak_memory
+    from ogi_ray.parallel.plan import ParallelPlan
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small", help="ogi preset (tiny, small, base)")
+    ap.add_argument("--layout", action="append", default=None, help="e.g. dp=2,rows=4 (repeatable)")
+    args = ap.parse_args()
+    layouts = args.layout or ["dp=1", "dp=2", "dp=2,reshard=0", "tp=2,rows=4", "pp=2,mbs=2,rows=4",
+                              "dp=2,ac=full", "dp=2,ac=selective"]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"{'layout':34s} {'predicted MiB':>14s} {'measured MiB':>13s} {'error':>7s}  peak at")
+    for text in layouts:
+        lay = parse_layout(text)
+        plan = ParallelPlan(dp=lay["dp"], tp=lay["tp"], pp=lay["pp"], microbatches=lay["mbs"],
+                            micro_batch_rows=lay["rows"], activation_checkpoint=lay["ac"],
+                            sequence_parallel=lay["sp"], reshard_after_forward=lay["reshard"])
+        pred = predict_peak_memory(plan, preset(args.model), precision=lay["precision"])
+        got = measure(args.model, lay)
+        print(f"{text:34s} {pred.peak_bytes / 2**20:14.2f} {got / 2**20:13.2f} "
+              f"{pred.peak_bytes / got - 1:+7.1%}  {pred.moment} ({pred.stage} stage)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
