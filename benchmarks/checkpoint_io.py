@@ -103,7 +103,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from ogi_ray.lineage.record import make_record
     from ogi_ray.parallel.device import DeviceConfig, resolve
-    from ogi_ray.parallel.dims import ParallelDims
+    from ogi_ray.parallel.plan import ParallelPlan
     from ogi_ray.storage import Store
     from ogi_ray.train import checkpoint as ckpt
     from ogi_ray.train.optim import OptimConfig, build_optimizer
@@ -112,7 +112,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out: str) -> None:
 
     cfg = _cfg(args["preset"])
     placement = resolve(DeviceConfig(device="cpu", precision="fp32"))
-    st = build_stepper(cfg, ParallelDims(world, 1, 1), placement, seed=0, n_microbatches=0, compile=False, grad_clip=1.0)
+    st = build_stepper(cfg, ParallelPlan(dp=world, micro_batch_rows=args["rows"]), placement, seed=0, compile=False, grad_clip=1.0)
     opt, sched = build_optimizer(st.module, OptimConfig(), 1000)
     wt = make_world_target(cfg, 0, placement.device)
     lambdas = {n: 1.0 for n in cfg.objectives}
@@ -153,7 +153,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out: str) -> None:
         pending.result()
         dist.barrier()
         res["async_wait_s"] = time.perf_counter() - t0
-    st2 = build_stepper(cfg, ParallelDims(world, 1, 1), placement, seed=None, n_microbatches=0,
+    st2 = build_stepper(cfg, ParallelPlan(dp=world, micro_batch_rows=args["rows"]), placement, seed=None,
                         compile=False, grad_clip=1.0)  # fmt: skip
     opt2, sched2 = build_optimizer(st2.module, OptimConfig(), 1000)
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict

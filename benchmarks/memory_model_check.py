@@ -11,16 +11,14 @@ peak is printed against ``memory.predict_peak_memory`` for the same ParallelPlan
 (docs/parallel.md, "Memory model"). Layout keys: dp, tp, pp, mbs, rows, ac
 (none|selective|full), sp (0|1), reshard (0|1), precision (bf16|fp32).
 
-Until ``parallel.apply`` builds activation checkpointing and sequence parallelism, this
-script applies them itself exactly as docs/parallel.md ("The program the predictions
-assume", items 6 and 7) specifies; everything else is the runtime's own code
-(``apply_tp``/``apply_fsdp``, ``build_pipeline``, ``loop.train_step``).
+The layouts are built by the trainer's own ``train.stepper.build_stepper`` (activation
+checkpointing, sequence parallelism and the reshard mode included, as docs/parallel.md's
+"The program the predictions assume" lists) and stepped by its step objects.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import socket
 import weakref
@@ -77,104 +75,33 @@ class LiveTensors(TorchDispatchMode):
         return out
 
 
-def _checkpoint_blocks(model: torch.nn.Module, mode: str) -> None:
-    """Item 7: wrap each block's forward (names unchanged); selective saves matmul,
-    attention, all-reduce and reduce-scatter outputs and recomputes the rest."""
-    from torch.utils.checkpoint import (
-        CheckpointPolicy,
-        checkpoint,
-        create_selective_checkpoint_contexts,
-    )
-
-    aten, c10d = torch.ops.aten, torch.ops._c10d_functional
-    save = {aten.mm.default, aten.addmm.default, aten._scaled_dot_product_flash_attention.default,
-            aten._scaled_dot_product_efficient_attention.default,
-            aten._scaled_dot_product_flash_attention_for_cpu.default,
-            c10d.all_reduce.default, c10d.reduce_scatter_tensor.default}
-
-    def policy(ctx: Any, op: Any, *a: Any, **k: Any) -> CheckpointPolicy:
-        return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
-
-    extra = {} if mode == "full" else {"context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
-    for blk in model.layers:
-        blk.forward = functools.partial(checkpoint, blk.forward, use_reentrant=False, **extra)
-
-
-def _sequence_parallel(model: torch.nn.Module, tp_mesh: Any) -> None:
-    """Item 6: torchtitan's block plan; block 0 takes this rank's sequence shard and the
-    last block's output is gathered before the final norm."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        PrepareModuleInput,
-        RowwiseParallel,
-        SequenceParallel,
-        parallelize_module,
-    )
-
-    col, shard = ColwiseParallel, Shard(1)
-    plan = {"attn_norm": SequenceParallel(), "mlp_norm": SequenceParallel(),
-            "attn": PrepareModuleInput(input_layouts=(shard, None, None, None),
-                                       desired_input_layouts=(Replicate(), None, None, None)),
-            "mlp": PrepareModuleInput(input_layouts=(shard,), desired_input_layouts=(Replicate(),)),
-            "attn.wq": col(), "attn.wk": col(), "attn.wv": col(), "mlp.w1": col(), "mlp.w3": col(),
-            "attn.wo": RowwiseParallel(output_layouts=shard), "mlp.w2": RowwiseParallel(output_layouts=shard)}
-    for blk in model.layers:
-        parallelize_module(blk, tp_mesh, plan)
-    t, r = tp_mesh.size(), tp_mesh.get_local_rank()
-
-    def take_shard(mod: Any, a: tuple) -> tuple:
-        n = a[0].shape[1] // t
-        return (a[0][:, r * n:(r + 1) * n].contiguous(), *a[1:])
-
-    def gather(mod: Any, a: tuple, out: Any) -> Any:
-        return (out if isinstance(out, DTensor) else DTensor.from_local(out, tp_mesh, [shard])).full_tensor()
-
-    model.layers[0].register_forward_pre_hook(take_shard)
-    model.layers[-1].register_forward_hook(gather)
-
-
 def _rank(rank: int, world: int, port: int, preset_name: str, lay: dict[str, Any], out: Any) -> None:
-    from ogi_ray.model import build
     from ogi_ray.model.config import preset
-    from ogi_ray.parallel import apply as par
     from ogi_ray.parallel.device import Placement
-    from ogi_ray.parallel.dims import ParallelDims
-    from ogi_ray.parallel.pipeline import build_pipeline, pipeline_train_step
-    from ogi_ray.train.loop import train_step
+    from ogi_ray.parallel.plan import ParallelPlan
     from ogi_ray.train.optim import OptimConfig, build_optimizer
+    from ogi_ray.train.stepper import build_stepper
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     cfg = preset(preset_name)
-    model = build(cfg)
-    dims = ParallelDims(dp=lay["dp"], tp=lay["tp"], pp=lay["pp"])
-    mesh = par.build_mesh("cpu", dims) if world > 1 else None
-    if lay["ac"] != "none":
-        _checkpoint_blocks(model, lay["ac"])
-    step, target = train_step, model
-    if lay["pp"] > 1:
-        pipe = build_pipeline(model, mesh, cfg, lay["mbs"], torch.device("cpu"))
-        model, target, step = pipe.module, pipe, pipeline_train_step
-    elif world > 1:
-        if lay["sp"]:
-            _sequence_parallel(model, mesh["tp"])
-        else:
-            par.apply_tp(model, mesh["tp"])
-        par.apply_fsdp(model, mesh["dp"], reshard_after_forward=lay["reshard"])
-    opt, sched = build_optimizer(model, OptimConfig(), 100)
+    plan = ParallelPlan(dp=lay["dp"], tp=lay["tp"], pp=lay["pp"], microbatches=lay["mbs"], micro_batch_rows=lay["rows"],
+                        activation_checkpoint=lay["ac"], sequence_parallel=lay["sp"],
+                        reshard_after_forward=lay["reshard"])  # fmt: skip
     placement = Placement(torch.device("cpu"), "gloo", torch.bfloat16 if lay["precision"] == "bf16" else None)
+    # The trainer's own builder: the plan's layout, AC, SP and reshard mode, as it trains.
+    st = build_stepper(cfg, plan, placement, seed=0, compile=False, grad_clip=1.0)
+    opt, sched = build_optimizer(st.module, OptimConfig(), 100)
     g = torch.Generator().manual_seed(1)
     rows = lay["rows"]
     micro = [{"tokens": torch.randint(0, cfg.vocab_size, (rows, cfg.n_text), generator=g),
-              "text_valid": torch.ones(rows, cfg.n_text, dtype=torch.bool)} for _ in range(lay["mbs"])]
-    kw = dict(cfg=cfg, placement=placement, grad_clip=1.0, lambdas={}, world_target=None)
-    step(target, opt, sched, micro, **kw)
+              "text_valid": torch.ones(rows, cfg.n_text, dtype=torch.bool),
+              "n_tokens": torch.tensor(rows * cfg.n_text)} for _ in range(lay["mbs"])]  # fmt: skip
+    st.step.train(opt, sched, micro, lambdas={}, world_target=None)
     opt.zero_grad(set_to_none=True)
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    with LiveTensors([*model.parameters(), *model.buffers(), *state]) as live:
-        step(target, opt, sched, micro, **kw)
+    with LiveTensors([*st.module.parameters(), *st.module.buffers(), *state]) as live:
+        st.step.train(opt, sched, micro, lambdas={}, world_target=None)
     peak = torch.tensor([float(live.peak)])
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:

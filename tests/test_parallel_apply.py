@@ -86,10 +86,37 @@ def _fresh(cfg):
     return build(cfg, seed=0), make_world_target(cfg, 0, torch.device("cpu"))
 
 
-def _stepper(cfg, dims, n_micro, compile=False, seed=0):
+def _plan(dims, **kw):
+    """The ParallelPlan of a test case: CHUNKS // dp micro-batches of ROWS rows per dp
+    rank (so every layout trains on the same 4 chunks a step), plus the case's fields."""
+    from ogi_ray.parallel.plan import ParallelPlan
+
+    dp, tp, pp = dims
+    return ParallelPlan(**{"dp": dp, "tp": tp, "pp": pp, "microbatches": CHUNKS // dp, "micro_batch_rows": ROWS,
+                           "reshard_after_forward": pp == 1, **kw})  # fmt: skip
+
+
+def _stepper(cfg, plan, compile=False, seed=0):
     from ogi_ray.train.stepper import build_stepper
 
-    return build_stepper(cfg, dims, _placement(), seed=seed, n_microbatches=n_micro, compile=compile, grad_clip=1.0)
+    return build_stepper(cfg, plan, _placement(), seed=seed, compile=compile, grad_clip=1.0)
+
+
+def _built(st) -> dict:
+    """What the runtime built for the plan's fields, read off the modules themselves."""
+    from ogi_ray.parallel.apply import _blocks
+
+    block = _blocks(st.module)[0]
+    norm_w = block.attn_norm.weight
+    fsdp = getattr(block, "_get_fsdp_state", None)
+    group = fsdp()._fsdp_param_group if fsdp else None
+    return {
+        "ac": getattr(block, "ogi_activation_checkpoint", "none"),
+        # SequenceParallel makes the norms TP DTensors: a 2-D (dp, tp) mesh under FSDP.
+        "sp": getattr(norm_w, "device_mesh", None) is not None and norm_w.device_mesh.ndim == 2,
+        "reshard_after_forward": bool(group._reshard_after_forward) if group else None,
+        "microbatches": st.n_microbatches or st.plan.microbatches,
+    }
 
 
 def _logical(folder: str) -> dict:
@@ -140,16 +167,17 @@ def reference():
     return {"metrics": metrics, "root0": root0, "state": state, "evals": evals, "optim": osd}
 
 
-def _train_rank(rank, world, dims_t, n_micro, compile, save_dir):
-    """One rank: meta model → layout → its shards only (``compile``: torch.compile per
-    block), STEPS steps on its dp slice, then a sharded checkpoint into ``save_dir``."""
+def _train_rank(rank, world, dims_t, plan_kw, compile, save_dir):
+    """One rank: meta model → the plan's layout → its shards only (``compile``:
+    torch.compile per block), STEPS steps on its dp slice, then a sharded checkpoint
+    into ``save_dir``."""
     from ogi_ray.lineage.merkle import merkle_root
     from ogi_ray.lineage.sharded import sharded_weights_leaves
     from ogi_ray.train import checkpoint as ckpt
     from ogi_ray.train.step import make_world_target
 
-    cfg, dims = _cfg(), ParallelDims(*dims_t)
-    st = _stepper(cfg, dims, n_micro, compile)
+    cfg = _cfg()
+    st = _stepper(cfg, _plan(dims_t, **plan_kw), compile)
     dp_rank, dp = dp_rank_and_size(st.mesh)
     wt = make_world_target(cfg, 0, torch.device("cpu"))
     root0 = merkle_root([leaf for _, leaf in sharded_weights_leaves(ckpt.model_state(st.module))])
@@ -164,7 +192,7 @@ def _train_rank(rank, world, dims_t, n_micro, compile, save_dir):
     evals = st.step.evaluate({"held": _chunk(cfg, 99, 0)}, wt)
     saved = ckpt.save(Store(save_dir), st.module, opt, sched, train_state={"step": STEPS}, world_target=wt)
     return {"metrics": metrics, "root0": root0, "root": saved.root, "dp_rank": dp_rank, "dp": dp,
-            "evals": evals, "seconds_per_step": seconds, "files": saved.files}  # fmt: skip
+            "evals": evals, "seconds_per_step": seconds, "files": saved.files, "built": _built(st)}  # fmt: skip
 
 
 def _optim_state_by_name(osd) -> dict:
@@ -229,23 +257,40 @@ def _check_optim(got, want, name, worst):
 # ── cases ─────────────────────────────────────────────────────────────────────────────
 
 
+SP = {"sequence_parallel": True}
+KEEP = {"reshard_after_forward": False}
+
+
 @pytest.mark.parametrize(
-    "name,dims,n_micro,compile",
+    "name,dims,plan_kw,compile",
     [
-        ("tp2", (1, 2, 1), 0, False),
-        ("pp2", (1, 1, 2), 4, False),
-        ("dp2", (2, 1, 1), 0, False),
-        ("dp2xtp2", (2, 2, 1), 0, False),
+        ("tp2", (1, 2, 1), {}, False),
+        ("pp2", (1, 1, 2), {}, False),
+        ("dp2", (2, 1, 1), {}, False),
+        ("dp2xtp2", (2, 2, 1), {}, False),
+        # Each plan field the planner scores, built by the runtime and still training the
+        # same model: sequence parallelism, activation checkpointing, the reshard mode.
+        ("tp2+sp", (1, 2, 1), SP, False),
+        ("dp2+selective-ac+keep-gathered", (2, 1, 1), {"activation_checkpoint": "selective", **KEEP}, False),
+        pytest.param("dp2xtp2+sp+full-ac", (2, 2, 1), {**SP, "activation_checkpoint": "full"}, False,
+                     marks=pytest.mark.slow),
+        pytest.param("tp2xpp2+sp", (1, 2, 2), SP, False, marks=pytest.mark.slow),
         # device.compile on pipeline stages: each stage compiles only its own blocks.
-        pytest.param("pp2+compile", (1, 1, 2), 4, True, marks=pytest.mark.slow),
-        pytest.param("dp2xpp2", (2, 1, 2), 2, False, marks=pytest.mark.slow),
-        pytest.param("dp2xtp2xpp2", (2, 2, 2), 2, False, marks=pytest.mark.slow),
+        pytest.param("pp2+compile", (1, 1, 2), {}, True, marks=pytest.mark.slow),
+        pytest.param("dp2xpp2", (2, 1, 2), {}, False, marks=pytest.mark.slow),
+        pytest.param("dp2xtp2xpp2", (2, 2, 2), {}, False, marks=pytest.mark.slow),
     ],
 )
-def test_layout_matches_single_process(reference, name, dims, n_micro, compile, tmp_path):
+def test_layout_matches_single_process(reference, name, dims, plan_kw, compile, tmp_path):
     world = dims[0] * dims[1] * dims[2]
-    results = run_distributed(_train_rank, world, dims, n_micro, compile, str(tmp_path / "ckpt"), timeout=900.0)
+    results = run_distributed(_train_rank, world, dims, plan_kw, compile, str(tmp_path / "ckpt"), timeout=900.0)
     _check(results, reference, name, str(tmp_path / "ckpt"))
+    plan = _plan(dims, **plan_kw)
+    for r in results:  # what each rank built is what the plan says
+        assert r["built"]["ac"] == plan.activation_checkpoint
+        assert r["built"]["sp"] == plan.sequence_parallel
+        assert r["built"]["reshard_after_forward"] == plan.reshard_after_forward
+        assert r["built"]["microbatches"] == plan.microbatches
 
 
 # ── sharded checkpoints reshard ───────────────────────────────────────────────────────
@@ -260,7 +305,7 @@ def _load_rank(rank, world, dims_t, src, dst):
     from ogi_ray.train.step import make_world_target
 
     cfg = _cfg()
-    st = _stepper(cfg, ParallelDims(*dims_t), 0, seed=None)
+    st = _stepper(cfg, _plan(dims_t), seed=None)
     opt, sched = _optim(st.module)
     wt = make_world_target(cfg, 0, torch.device("cpu"))
     state = ckpt.load(Store(src), st.module, opt, sched, wt)
@@ -272,7 +317,7 @@ def _load_rank(rank, world, dims_t, src, dst):
 @pytest.fixture(scope="module")
 def dp2_checkpoint(tmp_path_factory):
     src = str(tmp_path_factory.mktemp("dp2") / "ckpt")
-    results = run_distributed(_train_rank, 2, (2, 1, 1), 0, False, src)
+    results = run_distributed(_train_rank, 2, (2, 1, 1), {}, False, src)
     return src, results[0]["root"]
 
 
@@ -329,7 +374,7 @@ def test_meta_build_materialises_the_single_process_weights():
     """The model built on the meta device and materialised from the per-tensor rule
     equals the directly built one (the bare loop, replay and evals build that way)."""
     cfg = _cfg()
-    st = _stepper(cfg, ParallelDims(1, 1, 1), 0, seed=3)
+    st = _stepper(cfg, _plan((1, 1, 1)), seed=3)
     assert weights_root(st.module.state_dict()) == weights_root(build(cfg, seed=3).state_dict())
     assert weights_root(build(cfg, seed=3).state_dict()) != weights_root(build(cfg, seed=4).state_dict())
     assert torch.equal(st.module.attn_mask, cfg.layout.mask())  # buffers recomputed after to_empty

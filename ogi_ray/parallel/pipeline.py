@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ogi_ray.model.transformer import MultimodalTransformer
-from ogi_ray.parallel.apply import apply_fsdp, apply_tp, compile_blocks
+from ogi_ray.parallel.apply import parallelize
 from ogi_ray.parallel.dims import axis_rank, axis_size
 
 # Parts of the model outside the blocks: who owns them.
@@ -135,25 +135,23 @@ class Pipeline:
 
 
 def build_pipeline(
-    model: nn.Module, mesh: Any, n_microbatches: int, device: torch.device,
+    model: nn.Module, mesh: Any, plan: Any, device: torch.device,
     loss_fn: Callable[..., torch.Tensor], *, compile: bool = False,
 ) -> Pipeline:  # fmt: skip
     """This rank's stage of ``model`` (plain, identical on every rank, meta or real) for
-    the 3-D mesh: build_stage → TP over "tp" → torch.compile per block (``compile``) →
-    FSDP over "dp" → PipelineStage + Schedule1F1B over "pp" with ``loss_fn(output,
-    target)`` on the last stage, the order ``apply.apply`` uses. ``n_microbatches`` ≥ pp
-    (1F1B) and ≤ the rows of a step's global batch per dp rank."""
+    the 3-D mesh: build_stage → the plan's wrappers (apply.parallelize: TP with SP, AC,
+    compile, FSDP; only this stage's blocks) → PipelineStage + Schedule1F1B over "pp"
+    with ``plan.microbatches`` micro-batches and ``loss_fn(output, target)`` on the last
+    stage. With SP the stages pass each other their sequence shards (B, S/tp, D)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
     pp_rank, pp_size = axis_rank(mesh, "pp"), axis_size(mesh, "pp")
+    n_microbatches = plan.microbatches
     if n_microbatches < pp_size:
         raise ValueError(f"n_microbatches: {n_microbatches} must be >= pp {pp_size} (1F1B)")
-    module = build_stage(model, pp_rank, pp_size, device)
-    apply_tp(module, mesh["tp"])
-    if compile:  # only this stage's blocks: placeholders of other stages are skipped
-        compile_blocks(module)
-    if mesh.size() > 1:  # FSDP even at dp == 1: uniform DTensors, see apply.apply
-        apply_fsdp(module, mesh["dp"], reshard_after_forward=False)
+    if plan.reshard_after_forward:
+        raise ValueError("reshard_after_forward: must be false with pp > 1")
+    module = parallelize(build_stage(model, pp_rank, pp_size, device), mesh, plan, compile=compile)
     pp_group = mesh["pp"].get_group()
     stage = PipelineStage(module, pp_rank, pp_size, device, group=pp_group)
     # scale_grads: the loss is a per-micro-batch mean, so gradients are averaged over them.

@@ -18,6 +18,7 @@ from typing import Any
 from ogi_ray.config import ConfigError, apply_overrides, blame_overrides, from_dict, load_yaml
 from ogi_ray.model.config import PRESETS, ModelConfig
 from ogi_ray.parallel.device import DeviceConfig
+from ogi_ray.parallel.plan import ParallelConfig
 from ogi_ray.train.optim import OptimConfig
 from ogi_ray.train.phases import PhaseConfig
 from ogi_ray.train.placement import PlacementConfig
@@ -89,26 +90,6 @@ class WorkersConfig:
             raise ValueError("num_workers: must be >= 0 (0 runs in the driver)")
         if self.threads < 0:
             raise ValueError("threads: must be >= 0 (0: Ray's default)")
-
-
-@dataclass(kw_only=True)
-class ParallelConfig:
-    """(dp, tp, pp) for the workers. All 0: ask the planner (``topology``: a bundled name,
-    a YAML file, or ``discover`` to probe the chosen tier's nodes), or plain data
-    parallelism when no topology is given."""
-
-    dp: int = 0
-    tp: int = 0
-    pp: int = 0
-    microbatches: int = 0  # pipeline micro-batches per step (0: pp)
-    topology: str = ""
-
-    def validate(self) -> None:
-        fixed = [v for v in (self.dp, self.tp, self.pp) if v]
-        if fixed and len(fixed) != 3:
-            raise ValueError("dp: fix all of dp, tp, pp or none of them")
-        if any(v < 0 for v in (self.dp, self.tp, self.pp, self.microbatches)):
-            raise ValueError("dp: must be >= 0")
 
 
 @dataclass(kw_only=True)

@@ -89,44 +89,51 @@ def phase_lambdas(job: JobConfig) -> JobConfig:
     return replace(job, phases=out)
 
 
-def parallel_plan(job: JobConfig, world: int, tier: str | None = None) -> dict[str, int]:
-    """The (dp, tp, pp, microbatches) the workers apply for ``world`` ranks.
+def _precision(job: JobConfig) -> str:
+    """The precision the workers will run at, resolved as parallel.device.resolve does."""
+    from ogi_ray.parallel.device import cpu_has_bf16
 
-    ``parallel.topology: discover`` runs topology discovery on the chosen tier's nodes
-    (Ray tasks; needs a running cluster) and plans on what it finds."""
-    par = job.parallel
-    if par.dp:
-        dims = {"dp": par.dp, "tp": par.tp, "pp": par.pp}
-        if par.dp * par.tp * par.pp != world:
-            raise ConfigError(None, "parallel", f"dp·tp·pp = {par.dp * par.tp * par.pp} but {world} workers")
-    elif par.topology:
-        from ogi_ray.parallel.planner import plan_for_world
-        from ogi_ray.parallel.topology import load_topology
-
-        if par.topology == "discover":
-            from ogi_ray.parallel.discover import discover, to_topology
-
-            topo = to_topology(discover(tier, probe=True), name=f"discovered-{tier or 'all'}")
-        else:
-            topo = load_topology(par.topology)
-        best = plan_for_world(job.model, world, topo, global_batch=job.data.batch_size * world)
-        dims = {"dp": best.dp, "tp": best.tp, "pp": best.pp}
-        par = replace(par, microbatches=par.microbatches or best.microbatches)
-    else:
-        dims = {"dp": world, "tp": 1, "pp": 1}
-    return {**dims, "microbatches": par.microbatches or dims["pp"]}
+    p = job.device.precision
+    return p if p != "auto" else ("bf16" if use_gpu(job.device) or cpu_has_bf16() else "fp32")
 
 
-def launch_shape(job: JobConfig, res: dict[str, float], attempt: int) -> tuple[str | None, dict[str, Any], dict[str, int]]:
-    """(tier, ScalingConfig kwargs, parallel plan) for one launch. A relaunch shrinks (or
-    grows back) to what the tier holds now."""
+def parallel_plan(job: JobConfig, world: int, tier: str | None = None, global_rows: int | None = None) -> Any:
+    """The ParallelPlan for ``world`` ranks (parallel/plan.py): the job's fixed fields, the
+    planner's choice for the rest when ``parallel.topology`` names one (``discover``
+    probes the chosen tier's nodes: Ray tasks), else plain data parallelism with
+    ``data.batch_size`` rows per micro-batch and ``data.accum_steps`` micro-batches
+    (pp of them under a pipeline). ``global_rows`` (a relaunch at another world size)
+    keeps the rows per global micro-batch, and so the data cursor's meaning."""
+    from ogi_ray.parallel.plan import default_plan, load_plan_topology, resolve_plan
+
+    par, d = job.parallel, job.data
+    fixed = par.fixed()
+    topology = load_plan_topology(par, tier)
+    if topology is not None and global_rows is None:
+        return resolve_plan(par, job.model, world, topology, d.batch_size * d.accum_steps * world,
+                            precision=_precision(job))  # fmt: skip
+    tp, pp = fixed.get("tp", 1), fixed.get("pp", 1)
+    if "dp" not in fixed and world % (tp * pp):
+        raise ConfigError(None, "parallel.tp", f"tp·pp = {tp * pp} does not divide the {world} workers")
+    dp = fixed.get("dp", world // (tp * pp))
+    if global_rows is not None and global_rows % dp:
+        raise ConfigError(None, "workers.num_workers", f"dp {dp} cannot split the global batch of {global_rows} rows")
+    rows = global_rows // dp if global_rows is not None else fixed.get("micro_batch_rows", d.batch_size)
+    m = fixed.get("microbatches", d.accum_steps if pp == 1 else pp)
+    return default_plan({**fixed, "micro_batch_rows": rows, "microbatches": m}, world, dp * m * rows)
+
+
+def launch_shape(job: JobConfig, res: dict[str, float], attempt: int,
+                 global_rows: int | None = None) -> tuple[str | None, dict[str, Any], Any]:  # fmt: skip
+    """(tier, ScalingConfig kwargs, ParallelPlan) for one launch. A relaunch shrinks (or
+    grows back) to what the tier holds now, keeping ``global_rows``."""
     tier, extra = placement.resolve_for_job(job.placement, job.workers.num_workers, res)
     scaling = {"num_workers": job.workers.num_workers, "use_gpu": "GPU" in res, "resources_per_worker": res}
     if attempt:
         cap = placement.tier_capacity(tier, res) if tier else job.workers.num_workers
         scaling["num_workers"] = max(1, min(job.workers.num_workers, cap))
     scaling.update(extra)
-    return tier, scaling, parallel_plan(job, max(int(scaling["num_workers"]), 1), tier)
+    return tier, scaling, parallel_plan(job, max(int(scaling["num_workers"]), 1), tier, global_rows)
 
 
 # ── the plan ────────────────────────────────────────────────────────────────────────
@@ -147,7 +154,7 @@ class LaunchPlan:
     resources: dict[str, float]  # per worker
     tier: str | None
     scaling: dict[str, Any]
-    parallel: dict[str, int]
+    parallel: Any  # the ParallelPlan
     global_rows: int  # rows per global micro-batch (fixed for the run: the cursor's unit)
     backend: str
     n_params: int
@@ -161,30 +168,30 @@ class LaunchPlan:
             f"objectives {', '.join(j.model.objectives)}",
             f"workers    {self.scaling['num_workers']} × {self.resources} on tier {self.tier or '(any node)'}, "
             f"backend {self.backend}",
-            f"layout     dp {p['dp']} × tp {p['tp']} × pp {p['pp']}, {p['microbatches']} pipeline micro-batches",
-            f"batch      {self.global_rows} rows per global micro-batch × {j.data.accum_steps} micro-batches per step",
+            f"plan       {p.describe()}",
         ]
         for ph in self.phases:
             lines.append(f"phase      {ph.name}: steps {ph.start}–{ph.end - 1} on {ph.corpus} "
                          f"({ph.total_rows} rows, manifest {ph.manifest_hash[:12]})")  # fmt: skip
         return "\n".join(lines + [f"note       {n}" for n in self.notes])
 
-    def worker_config(self, registry: str, tuner: str | None, batch_size: int, parallel: dict[str, int]) -> dict[str, Any]:
+    def worker_config(self, registry: str, tuner: str | None, parallel: Any) -> dict[str, Any]:
         """train_func's config (plain data: Ray ships it to every worker)."""
         return {
             "job": self.job_dict, "run_uri": self.run_uri, "run_name": self.job.run.name,
             "config_hash": self.config_hash, "registry": registry, "tuner": tuner,
-            "batch_size": batch_size, "plan": parallel, "phases": [asdict(p) for p in self.phases],
+            "batch_size": parallel.micro_batch_rows, "plan": parallel.to_dict(),
+            "phases": [asdict(p) for p in self.phases],
             "orders": [{"paths": list(o.paths), "rows": list(o.rows)} for o in self.orders],
             "heldout": self.heldout,
         }  # fmt: skip
 
 
 def _phases_for(job: JobConfig, corpora: list[tuple[str, dict[str, Any]]], global_rows: int,
-                n_params: int) -> tuple[JobConfig, list[Phase]]:  # fmt: skip
+                microbatches: int, n_params: int) -> tuple[JobConfig, list[Phase]]:  # fmt: skip
     phases = phases_mod.resolve_phases(
         job.phases, corpora, default_lambdas=job.tuner.initial, total_steps=job.loop.steps,
-        rows_per_step=global_rows * job.data.accum_steps, n_params=n_params, seq_len=job.data.seq_len,
+        rows_per_step=global_rows * microbatches, n_params=n_params, seq_len=job.data.seq_len,
     )  # fmt: skip
     return phases_mod.with_total_steps(job, phases), phases
 
@@ -220,11 +227,13 @@ def prepare_launch(job: JobConfig, *, resume: bool = False, config_file: str | N
     where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
     job = phase_lambdas(fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where)))
     res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if use_gpu(job.device) else {})}
-    n = job.workers.num_workers
-    par = parallel_plan(job, max(n, 1)) if job.parallel.topology != "discover" else {"dp": max(n, 1), "tp": 1, "pp": 1, "microbatches": 1}
+    n = max(job.workers.num_workers, 1)
+    # A discovered topology needs the cluster: until ``place``, plan as plain dp.
+    par = parallel_plan(replace(job, parallel=replace(job.parallel, topology="")) if job.parallel.topology == "discover"
+                        else job, n)  # fmt: skip
     with torch.device("meta"):  # parameter count for compute-optimal budgets, no memory
         n_params = build(job.model).num_params()
-    job, phases = _phases_for(job, corpora, job.data.batch_size * par["dp"], n_params)
+    job, phases = _phases_for(job, corpora, par.dp * par.micro_batch_rows, par.microbatches, n_params)
     job_dict = _recorded(job, phases)
     check_run_folder(job, job_dict, [m for _, m in corpora], resume=resume)
     return LaunchPlan(
@@ -233,7 +242,7 @@ def prepare_launch(job: JobConfig, *, resume: bool = False, config_file: str | N
         orders=[CorpusOrder.of(folder, m) for folder, m in corpora],
         heldout=[CorpusOrder.of(folder, m, "heldout").paths for folder, m in corpora],
         resources=res, tier=None, scaling={"num_workers": n, "use_gpu": "GPU" in res, "resources_per_worker": res},
-        parallel=par, global_rows=job.data.batch_size * par["dp"], backend=process_group_backend("GPU" in res),
+        parallel=par, global_rows=par.dp * par.micro_batch_rows, backend=process_group_backend("GPU" in res),
         n_params=n_params,
     )  # fmt: skip
 
@@ -248,10 +257,10 @@ def place(plan: LaunchPlan) -> LaunchPlan:
     if par == plan.parallel:
         return replace(plan, tier=tier, scaling=scaling)
     corpora = [(ph.corpus, m) for ph, m in zip(plan.phases, plan.manifests, strict=True)]
-    job, phases = _phases_for(replace(job, phases=job.phases), corpora, job.data.batch_size * par["dp"], plan.n_params)
+    job, phases = _phases_for(job, corpora, par.dp * par.micro_batch_rows, par.microbatches, plan.n_params)
     job_dict = _recorded(job, phases)
     return replace(plan, job=job, job_dict=job_dict, config_hash=hash_canonical(job_dict), phases=phases,
-                   tier=tier, scaling=scaling, parallel=par, global_rows=job.data.batch_size * par["dp"])  # fmt: skip
+                   tier=tier, scaling=scaling, parallel=par, global_rows=par.dp * par.micro_batch_rows)  # fmt: skip
 
 
 def plan_launch(job: JobConfig, *, resume: bool = False) -> LaunchPlan:
@@ -323,10 +332,8 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
     try:
         for attempt in range(job.workers.max_relaunches + 1):
             if attempt:
-                tier, scaling, par = launch_shape(job, plan.resources, attempt)
-            if plan.global_rows % par["dp"]:
-                raise ConfigError(None, "workers.num_workers", f"dp {par['dp']} cannot split the global batch of {plan.global_rows} rows")
-            config = plan.worker_config(reg_name, tuner_name, plan.global_rows // par["dp"], par)
+                tier, scaling, par = launch_shape(job, plan.resources, attempt, plan.global_rows)
+            config = plan.worker_config(reg_name, tuner_name, par)
             try:
                 result = _trainer(plan, config, scaling).fit()
                 break
@@ -336,7 +343,7 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
         run = Store(plan.run_uri)
         summary = dict(result.return_value or {})
         summary.update(run_dir=plan.run_uri, head=ray.get(registry.get_head.remote()), tier=tier,
-                       num_workers=int(scaling["num_workers"]), parallel=par,
+                       num_workers=int(scaling["num_workers"]), parallel=par.to_dict(),
                        checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")))  # fmt: skip
         return summary
     finally:

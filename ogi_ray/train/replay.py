@@ -46,7 +46,8 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from ogi_ray.parallel.device import DeviceConfig, resolve
-        from ogi_ray.parallel.dims import ParallelDims, dp_rank_and_size
+        from ogi_ray.parallel.dims import dp_rank_and_size
+        from ogi_ray.parallel.plan import ParallelPlan
         from ogi_ray.storage import Store
         from ogi_ray.train import checkpoint as ckpt
         from ogi_ray.train.config import job_from_dict
@@ -62,9 +63,9 @@ def _replay_rank(rank: int, world: int, port: int, spec: dict[str, Any], result_
         # From a checkpoint, or (the first segment) from the seeded initialisation the
         # worker starts from: the same per-tensor rule, the same EMA target.
         start = spec["start_ckpt"]
-        stepper = build_stepper(job.model, ParallelDims.from_plan(spec["parallel"]), placement,
-                                seed=None if start else job.loop.seed, n_microbatches=int(spec["segment"][0]["accum"]),
-                                compile=job.device.compile, grad_clip=job.optim.grad_clip)  # fmt: skip
+        stepper = build_stepper(job.model, ParallelPlan.from_dict(spec["parallel"]), placement,
+                                seed=None if start else job.loop.seed, compile=job.device.compile,
+                                grad_clip=job.optim.grad_clip)  # fmt: skip
         dp_rank, dp = dp_rank_and_size(stepper.mesh)
         opt, sched = build_optimizer(stepper.module, job.optim, job.loop.steps)
         world_target = make_world_target(job.model, job.loop.seed, placement.device)
@@ -153,7 +154,8 @@ def replay_segment(run_dir: Any, rec_i: dict[str, Any] | None, rec_next: dict[st
     spec = {
         "job": job, "start_ckpt": run.where(rec_i["checkpoint"]) if rec_i else None, "segment": segment,
         "threads": threads, "orders": _orders(job, {int(e.get("phase", 0)) for e in segment}, run, corpus),
-        "parallel": state.get("parallel") or {"dp": world, "tp": 1, "pp": 1},
+        # The plan the segment ran with (recorded in full since plans hold AC/SP/reshard).
+        "parallel": {"dp": world, **(state.get("parallel") or {}), "microbatches": int(segment[0]["accum"])},
         "batch_size": state.get("batch_size") or job["data"]["batch_size"],
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -269,6 +269,7 @@ class PipelineStep:
     cfg: ModelConfig
     placement: Placement
     grad_clip: float
+    seq_split: int = 1  # tp under sequence parallelism: stages pass (B, S/tp, D) shards
 
     @property
     def module(self) -> nn.Module:
@@ -317,7 +318,8 @@ class PipelineStep:
                 if pipe.is_first:
                     x = module(*(b[k] for k in keys))
                 else:
-                    x = torch.empty((b["tokens"].shape[0], self.cfg.max_seq_len, self.cfg.dim), device=dev)
+                    x = torch.empty((b["tokens"].shape[0], self.cfg.max_seq_len // self.seq_split, self.cfg.dim),
+                                    device=dev)  # fmt: skip
                     dist.recv(x, group=pipe.pp_group, group_src=pipe.pp_rank - 1)
                     x = module(x)
                 if not pipe.is_last:

@@ -1,11 +1,11 @@
 """The model, its layout and its step for one (dp, tp, pp) layout, built in one place for
 the Ray worker and the lineage replay.
 
-    model on the meta device (nothing allocated) + ParallelDims
+    model on the meta device (nothing allocated) + ParallelPlan (parallel/plan.py)
       ─► 3-D mesh (None for one process)
-      ─► pp > 1: build_pipeline (stage → TP → compile → FSDP → 1F1B schedule whose loss
-                 is train/step.py's PipelineLoss)
-         else:   parallel.apply (TP → compile → FSDP)
+      ─► pp > 1: build_pipeline (stage → TP/SP → AC → compile → FSDP → 1F1B schedule
+                 whose loss is train/step.py's PipelineLoss)
+         else:   parallel.apply (TP/SP → AC → compile → FSDP with the plan's reshard mode)
       ─► materialize: each rank allocates and initialises only its own shards (from the
          model's per-tensor rule, or left for a checkpoint load to fill)
       ─► Stepper: the mesh, the module the optimizer and checkpoints see, and the step
@@ -31,6 +31,7 @@ from ogi_ray.parallel.device import Placement
 from ogi_ray.parallel.dims import ParallelDims
 from ogi_ray.parallel.materialize import materialize
 from ogi_ray.parallel.pipeline import build_pipeline
+from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.train.step import PipelineLoss, PipelineStep, PlainStep
 
 
@@ -40,24 +41,27 @@ class Stepper:
     module: nn.Module  # this rank's model or pipeline stage (optimizer, checkpoints)
     step: PlainStep | PipelineStep
     n_microbatches: int  # schedule micro-batches per step under pp; 0 without a pipeline
+    plan: ParallelPlan  # what was built
 
 
 def build_stepper(
-    cfg: ModelConfig, dims: ParallelDims, placement: Placement, *, seed: int | None,
-    n_microbatches: int, compile: bool, grad_clip: float,
+    cfg: ModelConfig, plan: ParallelPlan, placement: Placement, *, seed: int | None, compile: bool,
+    grad_clip: float,
 ) -> Stepper:  # fmt: skip
-    """This rank's part of the model for ``dims``, materialised from the init rule for
+    """This rank's part of the model for ``plan``, materialised from the init rule for
     ``seed`` (None: uninitialised shards, for a checkpoint to fill)."""
     device = placement.device
+    dims = ParallelDims.from_plan(plan)
     with torch.device("meta"):
         model = build(cfg)
     mesh = par.build_mesh(device.type, dims) if dims.world_size > 1 else None
     init = None if seed is None else (lambda name, shape: initial_value(cfg, name, shape, seed))
     if dims.pp > 1:
         loss = PipelineLoss(cfg)
-        pipe = build_pipeline(model, mesh, n_microbatches, device, loss, compile=compile)
+        pipe = build_pipeline(model, mesh, plan, device, loss, compile=compile)
         materialize(pipe.module, device, init)
-        step: PlainStep | PipelineStep = PipelineStep(pipe, loss, cfg, placement, grad_clip)
-        return Stepper(mesh, pipe.module, step, pipe.n_microbatches)
-    module = materialize(par.apply(model, mesh, compile=compile), device, init)
-    return Stepper(mesh, module, PlainStep(module, cfg, placement, grad_clip), 0)
+        step: PlainStep | PipelineStep = PipelineStep(pipe, loss, cfg, placement, grad_clip,
+                                                      seq_split=plan.tp if plan.sequence_parallel else 1)  # fmt: skip
+        return Stepper(mesh, pipe.module, step, pipe.n_microbatches, plan)
+    module = materialize(par.apply(model, mesh, plan, compile=compile), device, init)
+    return Stepper(mesh, module, PlainStep(module, cfg, placement, grad_clip), 0, plan)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from ogi_ray.parallel.device import Placement, peak_flops, resolve
 from ogi_ray.parallel.dims import ParallelDims, axis_rank, dp_rank_and_size
+from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.storage import Store
 from ogi_ray.train import checkpoint as ckpt
@@ -56,7 +57,7 @@ class WorkerSpec:
     registry: str  # named actors
     tuner: str | None
     batch_size: int  # rows per dp rank per micro-batch
-    plan: dict[str, int]  # dp, tp, pp, microbatches
+    plan: dict[str, Any]  # the ParallelPlan (parallel/plan.py) as a dict
     phases: list[Phase]
     orders: list[CorpusOrder]  # per phase: the corpus' global row order
     heldout: list[list[str]]  # per phase: held-out shard paths
@@ -181,8 +182,7 @@ class Trainer:
         # Tokens are counted once per dp replica (tp and pp ranks see the same rows).
         self.counts_tokens = axis_rank(stepper.mesh, "tp") == 0 and axis_rank(stepper.mesh, "pp") == 0
         self.gns = GradientNoiseScale()
-        self.state = RunState(accum=stepper.n_microbatches or job.data.accum_steps,
-                              lambdas=dict(self.lambdas.current))  # fmt: skip
+        self.state = RunState(accum=stepper.plan.microbatches, lambdas=dict(self.lambdas.current))
         self.history: list[dict[str, Any]] = []
         self.start_step, self.scores = 0, {}
         self._pending: dict[str, Any] | None = None  # a checkpoint whose shards are being written
@@ -322,7 +322,7 @@ class Trainer:
         train_state = {**self.state.to_dict(), "gns": self.gns.state_dict(),
                        "tuner": ray.get(tuner.state_dict.remote()) if (self.rank == 0 and tuner) else None,
                        "world_size": self.world, "batch_size": self.spec.batch_size,
-                       "parallel": {k: self.spec.plan[k] for k in ("dp", "tp", "pp")},
+                       "parallel": self.stepper.plan.to_dict(),
                        "threads": torch.get_num_threads()}  # fmt: skip
         store = self.run.sub(checkpoint_name(done))
         pending = ckpt.save_async(store, self.stepper.module, self.opt, self.sched, train_state=train_state,
@@ -397,11 +397,10 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     placement = _placement(spec, ctx.get_local_rank())
     ckpt.seed_globals(spec.job.loop.seed, rank)
     _mark_worker(Store(spec.run_uri), rank, world)
-    dims = ParallelDims.from_plan(spec.plan)
-    dims.validate(world)
+    plan = ParallelPlan.from_dict(spec.plan)
+    ParallelDims.from_plan(plan).validate(world)
     ray_ckpt = ray.train.get_checkpoint()
-    stepper = build_stepper(spec.job.model, dims, placement, seed=spec.job.loop.seed,
-                            n_microbatches=int(spec.plan.get("microbatches") or dims.pp),
+    stepper = build_stepper(spec.job.model, plan, placement, seed=spec.job.loop.seed,
                             compile=spec.job.device.compile, grad_clip=spec.job.optim.grad_clip)  # fmt: skip
     tuner = ray.get_actor(spec.tuner) if spec.tuner else None
     registry = ray.get_actor(spec.registry) if rank == 0 else None
