@@ -1,0 +1,78 @@
+"""The target metric of a swarm (pure): per-proxy held-out losses → one number per proxy.
+
+    per proxy {objective: {source: loss}} ──objective_matrix──► L (n proxies × O objectives):
+        each objective's loss averaged over the held-out sources it is evaluated on
+        (the same sources in every proxy: the held-out split does not depend on shares)
+    L ──target_metric──► M (n,) = mean over objectives of L_io / c_o,
+        c_o = mean_i L_io (normalise: swarm_mean) or 1 (none); and the c_o used
+
+Dividing by the swarm mean makes every objective count by its relative change, whatever
+its units (log-perplexity in nats, MSE, InfoNCE): a 1 % better lm moves M as much as a
+1 % better flow-matching loss. The normalisers are part of the metric's definition and
+are written into the rates file, so a later proxy is scored on the same scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ogi_ray.rates.config import MetricConfig
+
+# The model's objectives in the order the trainer lists them (model/config.py); an eval
+# name outside this list sorts after them.
+ORDER = ("lm", "vision", "align", "world", "embod")
+
+
+class MetricError(ValueError):
+    """The proxies' evals cannot be combined into the configured metric."""
+
+
+def objective_matrix(
+    losses: list[dict[str, dict[str, float]]], objectives: list[str]
+) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    """(objectives used, L (n, O), the held-out sources of each objective)."""
+    present = sorted(set.intersection(*(set(d) for d in losses)), key=lambda o: (ORDER.index(o) if o in ORDER else len(ORDER), o))
+    chosen = objectives or present
+    missing = [o for o in chosen if o not in present]
+    if missing:
+        raise MetricError(f"metric.objectives: {missing} not evaluated by every proxy (evaluated: {present})")
+    sources: dict[str, list[str]] = {}
+    for o in chosen:
+        sets = [tuple(sorted(d[o])) for d in losses]
+        if len(set(sets)) != 1:
+            raise MetricError(f"objective {o!r} is evaluated on different held-out sources across proxies: {sorted(set(sets))}")
+        sources[o] = list(sets[0])
+    mat = np.array([[np.mean([d[o][s] for s in sources[o]]) for o in chosen] for d in losses])
+    if not np.all(np.isfinite(mat)):
+        raise MetricError("a proxy's held-out loss is not finite (diverged?)")
+    return list(chosen), mat, sources
+
+
+def target_metric(mat: np.ndarray, normalise: str, normalisers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """M per proxy and the normalisers used (given ones are reused, e.g. from a rates file)."""
+    if normalisers is None:
+        normalisers = mat.mean(axis=0) if normalise == "swarm_mean" else np.ones(mat.shape[1])
+    if np.any(normalisers <= 0):
+        raise MetricError(f"normalisers must be > 0, got {normalisers.tolist()}")
+    return (mat / normalisers).mean(axis=1), normalisers
+
+
+def definition(cfg: MetricConfig, objectives: list[str], sources: dict[str, list[str]], normalisers: np.ndarray) -> dict[str, Any]:
+    """The metric as the rates file records it."""
+    norm = {o: float(c) for o, c in zip(objectives, normalisers, strict=True)}
+    how = ("divided by its mean over the swarm's proxies" if cfg.normalise == "swarm_mean"
+           else "as is (not normalised)")  # fmt: skip
+    return {
+        "name": "mean_normalised_heldout_loss" if len(objectives) > 1 else f"heldout_loss/{objectives[0]}",
+        "definition": (
+            "mean over objectives of the objective's held-out loss (lm: log-perplexity, nats; the "
+            f"others: their training losses on held-out rows) averaged over its held-out sources, {how}; "
+            "lower is better"
+        ),
+        "objectives": objectives,
+        "sources": sources,
+        "normalise": cfg.normalise,
+        "normalisers": norm,
+    }
