@@ -91,7 +91,12 @@ def test_normalised_metric_by_hand():
         objective_matrix([losses[0], {"lm": {"web": 5.0}, "vision": {"emoji": 3.0}}], [])
     with pytest.raises(MetricError, match="embod"):
         objective_matrix(losses, ["lm", "embod"])
-    assert MetricConfig().normalise == "swarm_mean"
+    assert MetricConfig().normalise == "untrained"
+    # Normalised by given (untrained) losses: lm 8 nats, vision 4.
+    assert target_metric(mat, "untrained", np.array([8.0, 4.0]))[0].tolist() == pytest.approx(
+        [(5 / 8 + 1 / 4) / 2, (4 / 8 + 3 / 4) / 2])
+    with pytest.raises(MetricError, match="untrained"):
+        target_metric(mat, "untrained")
 
 
 def test_swarm_config_errors_name_file_and_field(tmp_path):

@@ -22,6 +22,7 @@ PROFILE = {"web": {"text": 100.0, "image": 0.0}, "photos": {"text": 20.0, "image
 CONF = {"text": 1.0, "image": 0.5}
 LM = (3.0, 30.0, 0.3)  # E, A, alpha of lm (nats) in text tokens / 1e4
 VIS = (0.5, 2.0, 0.5)  # vision in image tokens / 1e4
+UNTRAINED = (4096.0, 3.0)  # the untrained model: perplexity (= vocabulary), vision loss
 
 
 def law(e, a, alpha, t):
@@ -59,6 +60,7 @@ def synthetic_swarm(n=16, seed=0):
                         "fed_per_row": {**dict.fromkeys(("video", "audio", "proprio", "action"), 0.0), **p}}
                     for s, p in PROFILE.items()},
         "groups": {"text": ["web"], "text+image": ["photos"]},
+        "untrained": {"proxy": "untrained", "eval": {"perplexity/web": UNTRAINED[0], "vision/photos": UNTRAINED[1]}},
         "base_job": {"data": {"batch_size": 4, "accum_steps": 2}, "workers": {"num_workers": 0}},
     }  # fmt: skip
 
@@ -83,8 +85,7 @@ def test_fit_and_proposal_match_brute_force_on_the_generating_law(tmp_path):
     budget = 40_000.0
     prop = propose(rf, budget=budget)
     # Brute force on the generating law, in the same normalised metric, over the photos share.
-    norms = [np.mean([math.log(t["eval"]["perplexity/web"]) for t in swarm["trials"]]),
-             np.mean([t["eval"]["vision/photos"] for t in swarm["trials"]])]  # fmt: skip
+    norms = [math.log(UNTRAINED[0]), UNTRAINED[1]]  # normalise: untrained (the default)
     r_img = prop["rates"]["image"]
     eff_photos = PROFILE["photos"]["text"] + r_img * PROFILE["photos"]["image"]
     best = None

@@ -45,6 +45,7 @@ def swarm_config(tmp_path_factory):
            "workers": {"num_workers": 0, "threads": 1}, "tuner": {"enabled": False}}  # fmt: skip
     swarm = {"name": "mini", "base_job": "job.yaml", "base_mixture": "mix.yaml", "proxies": 2, "seed": 0,
              "design": {"steps": [2, 3], "spread": 4.0, "heldout_fraction": 0.3},
+             "metric": {"normalise": "swarm_mean"},  # no untrained trial: two trials at once, one round
              "fit": {"bootstrap": 0}, "resources": {"cpus_per_trial": 0.5, "max_concurrent": 2}}  # fmt: skip
     for name, doc in (("mix.yaml", mixture), ("job.yaml", job), ("swarm.yaml", swarm)):
         (tmp / name).write_text(yaml.safe_dump(doc))

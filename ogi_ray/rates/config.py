@@ -47,11 +47,13 @@ class DesignConfig:
 @dataclass(kw_only=True)
 class MetricConfig:
     """The target metric: the mean over ``objectives`` (all the eval reports when empty)
-    of each objective's held-out loss averaged over sources, divided by its mean over
-    the swarm (``normalise: swarm_mean``) or as is (``none``)."""
+    of each objective's held-out loss averaged over sources, divided by the untrained
+    model's loss on the same rows (``normalise: untrained``: one extra 1-step trial at a
+    vanishing learning rate scores the initial weights every proxy starts from), by its
+    mean over the swarm (``swarm_mean``), or as is (``none``)."""
 
     objectives: list[str] = field(default_factory=list)
-    normalise: Literal["swarm_mean", "none"] = "swarm_mean"
+    normalise: Literal["untrained", "swarm_mean", "none"] = "untrained"
 
 
 @dataclass(kw_only=True)

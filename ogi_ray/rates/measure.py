@@ -30,13 +30,19 @@ PER_TOKENS = 1000.0  # the transfer table is per 1,000 tokens of a modality
 _RATE_LIMIT = 1e6  # a per-objective rate beyond this means text does not move that objective
 
 
-def trial_arrays(trials: list[dict[str, Any]], cfg: SwarmConfig) -> dict[str, Any]:
-    """Tokens (n, k) over the modalities some proxy trained on, L, M and the metric's parts."""
+def trial_arrays(trials: list[dict[str, Any]], cfg: SwarmConfig, untrained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tokens (n, k) over the modalities some proxy trained on, L, M and the metric's parts
+    (``untrained``: the untrained trial's report, for ``normalise: untrained``)."""
     mods = [m for m in MODALITIES if any(t["tokens"].get(m, 0) > 0 for t in trials)]
     tokens = np.array([[t["tokens"].get(m, 0.0) for m in mods] for t in trials], float)
     losses = [observe.objective_losses(t["eval"]) for t in trials]
+    given = None
+    if cfg.metric.normalise == "untrained" and untrained is not None:
+        losses = [observe.objective_losses(untrained["eval"]), *losses]
     objectives, mat, sources = objective_matrix(losses, cfg.metric.objectives)
-    metric, norms = target_metric(mat, cfg.metric.normalise)
+    if len(losses) > len(trials):
+        given, mat = mat[0], mat[1:]
+    metric, norms = target_metric(mat, cfg.metric.normalise, given)
     return {"modalities": mods, "tokens": tokens, "objectives": objectives, "losses": mat,
             "metric": metric, "normalisers": norms, "sources": sources}  # fmt: skip
 
@@ -67,7 +73,7 @@ def base_index(trials: list[dict[str, Any]], cfg: SwarmConfig) -> int:
 def fit_swarm(cfg: SwarmConfig, swarm: dict[str, Any]) -> dict[str, Any]:
     """The rates body for ``swarm`` (swarm.json's content)."""
     trials = swarm["trials"]
-    a = trial_arrays(trials, cfg)
+    a = trial_arrays(trials, cfg, swarm.get("untrained"))
     mods, tokens, metric = a["modalities"], a["tokens"], a["metric"]
     configured = {m: float(r) for m, r in swarm["reference"]["exchange_rates"].items()}
     groups = tie_columns(tokens, mods, prior=configured, source=cfg.file or "<swarm>")
@@ -122,6 +128,7 @@ def fit_swarm(cfg: SwarmConfig, swarm: dict[str, Any]) -> dict[str, Any]:
         "transfer": {"at": trials[base_index(trials, cfg)]["proxy"], "at_tokens": dict(zip(mods, at.tolist(), strict=True)),
                      "unit": f"change in the objective's normalised held-out loss per {PER_TOKENS:.0f} tokens"},
         "trials": [_trial_doc(t, metric[i], a, i) for i, t in enumerate(trials)],
+        "untrained": swarm.get("untrained"),
         "sources": swarm["sources"],
         "groups": swarm["groups"],
         "proxy": {"config": cfg_doc, "config_sha256": hash_canonical(cfg_doc), "base_job": swarm["base_job"],

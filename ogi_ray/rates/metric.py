@@ -3,13 +3,17 @@
     per proxy {objective: {source: loss}} ──objective_matrix──► L (n proxies × O objectives):
         each objective's loss averaged over the held-out sources it is evaluated on
         (the same sources in every proxy: the held-out split does not depend on shares)
-    L ──target_metric──► M (n,) = mean over objectives of L_io / c_o,
-        c_o = mean_i L_io (normalise: swarm_mean) or 1 (none); and the c_o used
+    L ──target_metric──► M (n,) = mean over objectives of L_io / c_o, with c_o the
+        untrained model's loss (normalise: untrained), mean_i L_io (swarm_mean) or 1
+        (none); and the c_o used
 
-Dividing by the swarm mean makes every objective count by its relative change, whatever
-its units (log-perplexity in nats, MSE, InfoNCE): a 1 % better lm moves M as much as a
-1 % better flow-matching loss. The normalisers are part of the metric's definition and
-are written into the rates file, so a later proxy is scored on the same scale.
+Dividing by the untrained loss puts every objective on one scale whatever its units
+(log-perplexity in nats, MSE, InfoNCE): the fraction of the starting loss a proxy has
+left. Dividing by the swarm mean instead weighs relative changes, which lets an objective
+whose loss collapses toward 0 (the world model's latent prediction does in tiny proxies:
+0.0002 to 0.007 across mixtures) dominate the metric. The normalisers are part of the
+metric's definition and are written into the rates file, so a later proxy is scored on
+the same scale.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def objective_matrix(
 def target_metric(mat: np.ndarray, normalise: str, normalisers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """M per proxy and the normalisers used (given ones are reused, e.g. from a rates file)."""
     if normalisers is None:
+        if normalise == "untrained":
+            raise MetricError("normalise: untrained needs the untrained model's losses (the 'untrained' trial)")
         normalisers = mat.mean(axis=0) if normalise == "swarm_mean" else np.ones(mat.shape[1])
     if np.any(normalisers <= 0):
         raise MetricError(f"normalisers must be > 0, got {normalisers.tolist()}")
@@ -62,8 +68,10 @@ def target_metric(mat: np.ndarray, normalise: str, normalisers: np.ndarray | Non
 def definition(cfg: MetricConfig, objectives: list[str], sources: dict[str, list[str]], normalisers: np.ndarray) -> dict[str, Any]:
     """The metric as the rates file records it."""
     norm = {o: float(c) for o, c in zip(objectives, normalisers, strict=True)}
-    how = ("divided by its mean over the swarm's proxies" if cfg.normalise == "swarm_mean"
-           else "as is (not normalised)")  # fmt: skip
+    how = {"untrained": "divided by the untrained model's loss on the same rows (the initial weights every "
+                        "proxy starts from)",
+           "swarm_mean": "divided by its mean over the swarm's proxies",
+           "none": "as is (not normalised)"}[cfg.normalise]  # fmt: skip
     return {
         "name": "mean_normalised_heldout_loss" if len(objectives) > 1 else f"heldout_loss/{objectives[0]}",
         "definition": (

@@ -10,6 +10,8 @@
                     ProxyTrial: base job + {corpus, steps, run name} ──train(job)──►
                     OUT/runs/proxy-NN; tune.report(tokens per modality, eval scores, …)
         ──► OUT/swarm.json: the trial table measure.py fits (rows in proxy order)
+    with normalise: untrained, one more trial: the base job for 1 step at lr 1e-12 on the
+    reference corpus, whose eval is the untrained model's loss (the metric's normaliser)
 
 Resuming ``measure`` on the same OUT: corpora whose mixture file is unchanged are kept,
 the Tune experiment OUT/tune is restored (finished trials keep their results, errored
@@ -40,12 +42,21 @@ log = logging.getLogger(__name__)
 REFERENCE = "reference"
 
 
-def proxy_job(cfg: SwarmConfig, spec: ProxySpec, corpus: Path, out: Path) -> dict[str, Any]:
+UNTRAINED = "untrained"
+# The untrained reference: one step at a learning rate that moves no weight measurably
+# (Adam's first step is ~lr per weight), so its eval scores the initial weights that every
+# proxy starts from (the same loop.seed), on the same held-out rows.
+UNTRAINED_OVERRIDES = ["optim.lr=1.0e-12", "optim.min_lr=0.0", "optim.weight_decay=0.0"]
+
+
+def proxy_job(
+    cfg: SwarmConfig, spec: ProxySpec, corpus: Path, out: Path, extra: list[str] | None = None
+) -> dict[str, Any]:
     """The proxy's job mapping: the base job (+ overrides) on its corpus for its steps,
     one checkpoint (and eval) at the end, its own run folder."""
     from ogi_ray.train.config import job_from_dict
 
-    data = apply_overrides(load_yaml(cfg.base_job), cfg.job_overrides)
+    data = apply_overrides(load_yaml(cfg.base_job), [*cfg.job_overrides, *(extra or [])])
     if data.get("phases"):
         raise ConfigError(cfg.base_job, "phases", "a proxy is one phase: remove phases from the proxy job")
     data.setdefault("data", {})["corpus"] = str(corpus)
@@ -107,8 +118,10 @@ def prepare(cfg: SwarmConfig, out: Path) -> tuple[list[ProxySpec], dict[str, Pat
 
 
 def _pin_design(cfg: SwarmConfig, out: Path, specs: list[ProxySpec], groups: dict[str, list[str]]) -> None:
-    doc = {"config": {k: v for k, v in to_dict(cfg).items() if k != "file"}, "groups": groups,
-           "proxies": [asdict(s) for s in specs]}  # fmt: skip
+    """What decides the trials (not the metric or fit settings, which apply afterwards)."""
+    c = to_dict(cfg)
+    doc = {"config": {k: c[k] for k in ("base_job", "base_mixture", "policy", "proxies", "seed", "job_overrides", "design")},
+           "base_job_sha256": file_sha256(cfg.base_job), "groups": groups, "proxies": [asdict(s) for s in specs]}  # fmt: skip
     path = out / "design.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -249,15 +262,19 @@ def run_swarm(cfg: SwarmConfig, out: str | Path) -> dict[str, Any]:
     specs, corpora, ref_manifest = prepare(cfg, out)
     t1 = time.perf_counter()
     jobs = {s.name: proxy_job(cfg, s, corpora[s.name], out) for s in specs}
-    reports = run_tune(cfg, out, jobs)
+    if cfg.metric.normalise == "untrained":
+        ref = ProxySpec(index=-1, name=UNTRAINED, steps=1, shares=specs[0].shares, multipliers={})
+        jobs = {UNTRAINED: proxy_job(cfg, ref, out / "corpora" / REFERENCE, out, UNTRAINED_OVERRIDES), **jobs}
+    reports = dict(zip(jobs, run_tune(cfg, out, jobs), strict=True))
     t2 = time.perf_counter()
     trials = []
-    for spec, rep in zip(specs, reports, strict=True):
+    for spec in specs:
+        rep = reports[spec.name]
         trials.append({**rep, "shares": spec.shares, "multipliers": spec.multipliers,
                        "corpus": str(corpora[spec.name])})  # fmt: skip
     base_job = jobs[specs[0].name]
     doc = {
-        "name": cfg.name, "out": str(out), "trials": trials,
+        "name": cfg.name, "out": str(out), "trials": trials, "untrained": reports.get(UNTRAINED),
         "reference": {"corpus": str(out / "corpora" / REFERENCE), "manifest_hash": ref_manifest["manifest_hash"],
                       "exchange_rates": ref_manifest["exchange_rates"],
                       "heldout_sha256": [h["sha256"] for h in ref_manifest["heldout_shards"]]},
