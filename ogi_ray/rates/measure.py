@@ -30,21 +30,26 @@ PER_TOKENS = 1000.0  # the transfer table is per 1,000 tokens of a modality
 _RATE_LIMIT = 1e6  # a per-objective rate beyond this means text does not move that objective
 
 
-def trial_arrays(trials: list[dict[str, Any]], cfg: SwarmConfig, untrained: dict[str, Any] | None = None) -> dict[str, Any]:
+def trial_arrays(
+    trials: list[dict[str, Any]], cfg: SwarmConfig, untrained: dict[str, Any] | None = None,
+    heldout: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Tokens (n, k) over the modalities some proxy trained on, L, M and the metric's parts
-    (``untrained``: the untrained trial's report, for ``normalise: untrained``)."""
+    (``untrained``: the untrained trial's report, for ``normalise: untrained``; ``heldout``:
+    per-objective source weights, {"lm": held-out text tokens per source})."""  # fmt: skip
     mods = [m for m in MODALITIES if any(t["tokens"].get(m, 0) > 0 for t in trials)]
     tokens = np.array([[t["tokens"].get(m, 0.0) for m in mods] for t in trials], float)
     losses = [observe.objective_losses(t["eval"]) for t in trials]
     given = None
     if cfg.metric.normalise == "untrained" and untrained is not None:
         losses = [observe.objective_losses(untrained["eval"]), *losses]
-    objectives, mat, sources = objective_matrix(losses, cfg.metric.objectives)
+    weights = {"lm": weights_lm} if (weights_lm := (heldout or {}).get("lm")) else None
+    objectives, mat, sources = objective_matrix(losses, cfg.metric.objectives, weights)
     if len(losses) > len(trials):
         given, mat = mat[0], mat[1:]
     metric, norms = target_metric(mat, cfg.metric.normalise, given)
     return {"modalities": mods, "tokens": tokens, "objectives": objectives, "losses": mat,
-            "metric": metric, "normalisers": norms, "sources": sources}  # fmt: skip
+            "metric": metric, "normalisers": norms, "sources": sources, "weights": weights}  # fmt: skip
 
 
 def _fit(tokens: np.ndarray, y: np.ndarray, mods: list[str], groups: Groups, cfg: SwarmConfig, unit: str) -> LawFit:
@@ -73,7 +78,7 @@ def base_index(trials: list[dict[str, Any]], cfg: SwarmConfig) -> int:
 def fit_swarm(cfg: SwarmConfig, swarm: dict[str, Any]) -> dict[str, Any]:
     """The rates body for ``swarm`` (swarm.json's content)."""
     trials = swarm["trials"]
-    a = trial_arrays(trials, cfg, swarm.get("untrained"))
+    a = trial_arrays(trials, cfg, swarm.get("untrained"), swarm.get("heldout_weights"))
     mods, tokens, metric = a["modalities"], a["tokens"], a["metric"]
     configured = {m: float(r) for m, r in swarm["reference"]["exchange_rates"].items()}
     groups = tie_columns(tokens, mods, prior=configured, source=cfg.file or "<swarm>")
@@ -123,12 +128,13 @@ def fit_swarm(cfg: SwarmConfig, swarm: dict[str, Any]) -> dict[str, Any]:
         "identification": {"tied": ties, "floored": floored, "min_rate": cfg.fit.min_rate},
         "law": _law_doc(fit, tokens, metric, mods),
         "configured": {"rates": configured, "law": _law_doc(conf_fit, tokens, metric, mods)},
-        "metric": definition(cfg.metric, a["objectives"], a["sources"], a["normalisers"]),
+        "metric": definition(cfg.metric, a["objectives"], a["sources"], a["normalisers"], a["weights"]),
         "per_objective": per_objective,
         "transfer": {"at": trials[base_index(trials, cfg)]["proxy"], "at_tokens": dict(zip(mods, at.tolist(), strict=True)),
                      "unit": f"change in the objective's normalised held-out loss per {PER_TOKENS:.0f} tokens"},
         "trials": [_trial_doc(t, metric[i], a, i) for i, t in enumerate(trials)],
         "untrained": swarm.get("untrained"),
+        "heldout_weights": swarm.get("heldout_weights"),
         "sources": swarm["sources"],
         "groups": swarm["groups"],
         "proxy": {"config": cfg_doc, "config_sha256": hash_canonical(cfg_doc), "base_job": swarm["base_job"],
@@ -161,6 +167,11 @@ def _plain(cfg: SwarmConfig) -> dict[str, Any]:
     return to_dict(cfg)
 
 
+def _num(x: float) -> str:
+    """A bound for the table: beyond 1e4 the data do not bound the rate; say so."""
+    return f"{x:.3f}" if x < 1e4 else ">1e4"
+
+
 def rates_table(body: dict[str, Any]) -> str:
     """The fitted rates, their intervals and the configured ones, as printed by the CLI."""
     conf = body["configured"]["rates"]
@@ -173,10 +184,11 @@ def rates_table(body: dict[str, Any]) -> str:
         flag = " (floored)" if m in body["identification"]["floored"] else ""
         tied = next((g for g in body["identification"]["tied"] if m in g), None)
         flag += f" (tied: {'+'.join(tied)})" if tied else ""
-        lines.append(f"{m:<10}{body['rates'][m]:>9.3f}   [{lo:.3f}, {hi:.3f}]{'':<6}{conf.get(m, float('nan')):>11.3f}{flag}")
+        iv = f"[{_num(lo)}, {_num(hi)}]"
+        lines.append(f"{m:<10}{body['rates'][m]:>9.3f}   {iv:<22}{conf.get(m, float('nan')):>11.3f}{flag}")
     law, cl = body["law"], body["configured"]["law"]
-    lines.append(f"law: E {law['E']:.4f}, alpha {law['alpha']:.3f}, rmse {law['rmse']:.4g}, R2 {law['r2']}; "
-                 f"with the configured rates: rmse {cl['rmse']:.4g}, R2 {cl['r2']}")  # fmt: skip
+    lines.append(f"law: E {law['E']:.4f}, alpha {law['alpha']:.3f}, rmse {law['rmse']:.4g}, R2 {law['r2']:.3f}; "
+                 f"with the configured rates fixed: rmse {cl['rmse']:.4g}, R2 {cl['r2']:.3f}")  # fmt: skip
     lines.append("transfer (" + body["transfer"]["unit"] + f", at {body['transfer']['at']}):")
     mods = body["modalities"]
     lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))

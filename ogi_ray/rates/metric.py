@@ -2,7 +2,10 @@
 
     per proxy {objective: {source: loss}} ──objective_matrix──► L (n proxies × O objectives):
         each objective's loss averaged over the held-out sources it is evaluated on
-        (the same sources in every proxy: the held-out split does not depend on shares)
+        (the same sources in every proxy: the held-out split does not depend on shares),
+        weighted where ``weights`` says so: lm by the held-out text tokens of each source,
+        so it is the held-out LM loss over tokens (five-token emoji names and four-token
+        robot instructions would otherwise count as much as a page of code)
     L ──target_metric──► M (n,) = mean over objectives of L_io / c_o, with c_o the
         untrained model's loss (normalise: untrained), mean_i L_io (swarm_mean) or 1
         (none); and the c_o used
@@ -34,9 +37,11 @@ class MetricError(ValueError):
 
 
 def objective_matrix(
-    losses: list[dict[str, dict[str, float]]], objectives: list[str]
+    losses: list[dict[str, dict[str, float]]], objectives: list[str],
+    weights: dict[str, dict[str, float]] | None = None,
 ) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
-    """(objectives used, L (n, O), the held-out sources of each objective)."""
+    """(objectives used, L (n, O), the held-out sources of each objective).
+    ``weights[objective][source]``: a weighted mean over sources (else equal weights)."""  # fmt: skip
     present = sorted(set.intersection(*(set(d) for d in losses)), key=lambda o: (ORDER.index(o) if o in ORDER else len(ORDER), o))
     chosen = objectives or present
     missing = [o for o in chosen if o not in present]
@@ -48,7 +53,12 @@ def objective_matrix(
         if len(set(sets)) != 1:
             raise MetricError(f"objective {o!r} is evaluated on different held-out sources across proxies: {sorted(set(sets))}")
         sources[o] = list(sets[0])
-    mat = np.array([[np.mean([d[o][s] for s in sources[o]]) for o in chosen] for d in losses])
+    w = {o: np.array([(weights or {}).get(o, {}).get(s, 1.0 if o not in (weights or {}) else 0.0)
+                      for s in sources[o]]) for o in chosen}  # fmt: skip
+    for o in chosen:
+        if not w[o].sum() > 0:
+            raise MetricError(f"objective {o!r}: its held-out sources {sources[o]} have no weight")
+    mat = np.array([[np.average([d[o][s] for s in sources[o]], weights=w[o]) for o in chosen] for d in losses])
     if not np.all(np.isfinite(mat)):
         raise MetricError("a proxy's held-out loss is not finite (diverged?)")
     return list(chosen), mat, sources
@@ -65,7 +75,10 @@ def target_metric(mat: np.ndarray, normalise: str, normalisers: np.ndarray | Non
     return (mat / normalisers).mean(axis=1), normalisers
 
 
-def definition(cfg: MetricConfig, objectives: list[str], sources: dict[str, list[str]], normalisers: np.ndarray) -> dict[str, Any]:
+def definition(
+    cfg: MetricConfig, objectives: list[str], sources: dict[str, list[str]], normalisers: np.ndarray,
+    weights: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The metric as the rates file records it."""
     norm = {o: float(c) for o, c in zip(objectives, normalisers, strict=True)}
     how = {"untrained": "divided by the untrained model's loss on the same rows (the initial weights every "
@@ -75,12 +88,13 @@ def definition(cfg: MetricConfig, objectives: list[str], sources: dict[str, list
     return {
         "name": "mean_normalised_heldout_loss" if len(objectives) > 1 else f"heldout_loss/{objectives[0]}",
         "definition": (
-            "mean over objectives of the objective's held-out loss (lm: log-perplexity, nats; the "
-            f"others: their training losses on held-out rows) averaged over its held-out sources, {how}; "
-            "lower is better"
+            "mean over objectives of the objective's held-out loss (lm: log-perplexity, nats, pooled over "
+            "the held-out text tokens of its sources; the others: their training losses on held-out rows, "
+            f"averaged over their held-out sources), {how}; lower is better"
         ),
         "objectives": objectives,
         "sources": sources,
         "normalise": cfg.normalise,
         "normalisers": norm,
+        "source_weights": weights or {},
     }

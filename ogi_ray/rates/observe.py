@@ -13,6 +13,8 @@ when the trainer's accounting or eval suite changes, only this file changes.
                                    them, else recounted from the shards, checked against
                                    the trainer's own text count)
     corpus + job ──source_profile──► per source: rows, mean raw and in-slot tokens per row
+    corpus + job ──heldout_text_tokens──► per source: the held-out text tokens the lm eval
+                                  scores (the rows the eval reads, cut to the text slots)
 """
 
 from __future__ import annotations
@@ -135,4 +137,24 @@ def source_profile(corpus_dir: str | Path, job: Any) -> dict[str, dict[str, Any]
         fed = {m: float(np.minimum(table[f"tokens_{m}"][mask], slots[m]).mean()) if rows else 0.0
                for m in MODALITIES}  # fmt: skip
         out[s["name"]] = {"rows": rows, "modalities": list(s["modalities"]), "raw_per_row": raw, "fed_per_row": fed}
+    return out
+
+
+def heldout_text_tokens(corpus_dir: str | Path, job: Any) -> dict[str, float]:
+    """Text tokens per source in the held-out rows the eval reads: the first
+    ``data.eval_rows_per_source`` rows of each source in held-out order (as
+    train/data.py ``read_heldout`` takes them), each cut to the model's text slots."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(corpus_dir)
+    slots = model_slots(job, manifest)["text"]
+    per = int(job.data.eval_rows_per_source)
+    seen: dict[str, int] = {}
+    out: dict[str, float] = {}
+    for shard in manifest.get("heldout_shards", []):
+        t = pq.read_table(Path(corpus_dir) / shard["path"], columns=["source", "tokens_text"]).to_pydict()
+        for source, n in zip(t["source"], t["tokens_text"], strict=True):
+            if seen.get(source, 0) < per:
+                seen[source] = seen.get(source, 0) + 1
+                out[source] = out.get(source, 0.0) + float(min(n, slots))
     return out

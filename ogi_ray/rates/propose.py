@@ -73,7 +73,7 @@ def propose(rf: RatesFile, budget: float | None = None) -> dict[str, Any]:
     doc = rf.doc
     cfg = from_dict(SwarmConfig, {**doc["proxy"]["config"], "file": rf.path}, file=rf.path)
     trials = doc["trials"]
-    a = trial_arrays(trials, cfg, doc.get("untrained"))
+    a = trial_arrays(trials, cfg, doc.get("untrained"), doc.get("heldout_weights"))
     mods, tokens = a["modalities"], a["tokens"]
     configured = doc["proxy"]["reference"]["exchange_rates"]
     measured = {m: _round(doc["rates"][m]) for m in doc["modalities"]}

@@ -181,6 +181,12 @@ def _trial_class() -> type:
             self.job = config["proxy"]["job"]
             self.result: dict[str, Any] | None = None
 
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            """Reused for the next proxy (reuse_actors): a new process would import torch
+            and Ray Train again, which costs more than a tiny proxy's steps."""
+            self.setup(new_config)
+            return True
+
         def step(self) -> dict[str, Any]:
             if self.result is None:  # a restored trial already has its result
                 self.result = run_proxy(self.job)
@@ -229,7 +235,7 @@ def run_tune(cfg: SwarmConfig, out: Path, jobs: dict[str, dict[str, Any]]) -> li
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=cfg.resources.max_concurrent,
+                max_concurrent_trials=cfg.resources.max_concurrent, reuse_actors=True,
                 trial_name_creator=lambda t: t.config["proxy"]["name"],
                 trial_dirname_creator=lambda t: t.config["proxy"]["name"],
             ),
@@ -279,6 +285,7 @@ def run_swarm(cfg: SwarmConfig, out: str | Path) -> dict[str, Any]:
                       "exchange_rates": ref_manifest["exchange_rates"],
                       "heldout_sha256": [h["sha256"] for h in ref_manifest["heldout_shards"]]},
         "sources": observe.source_profile(out / "corpora" / REFERENCE, _job(base_job)),
+        "heldout_weights": {"lm": observe.heldout_text_tokens(out / "corpora" / REFERENCE, _job(base_job))},
         "groups": source_groups(ref_manifest["sources"], cfg.design.vary),
         "base_job": base_job,
         "timing": {"prepare_s": t1 - t0, "tune_s": t2 - t1},
