@@ -63,6 +63,24 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) and abs(x) < _RATE_LIMIT else None
 
 
+_NEGLIGIBLE = 25.0  # a log weight this far below the largest is a weight of ~1e-11: none
+
+
+def _objective_rates(f: LawFit, unit: str, mods: list[str]) -> dict[str, float | None]:
+    """Per-objective rates: 0 for a modality whose weight vanished, None for every one
+    when the unit's did (the unit does not move the objective, so no ratio exists)."""
+    top = float(np.max(f.theta))
+    dead = {m for m in mods if f.theta[f.groups.group_of(m)] < top - _NEGLIGIBLE}
+    if unit in dead:
+        return {m: (1.0 if m == unit else None) for m in mods}
+    r = f.rates(unit)
+    return {m: 0.0 if m in dead else _finite_or_none(r[m]) for m in mods}
+
+
+def _tiny_to_zero(x: float) -> float:
+    return 0.0 if abs(x) < 1e-12 else x
+
+
 def _r2(fit: LawFit, tokens: np.ndarray, y: np.ndarray, mods: list[str]) -> float:
     resid = fit.predict(tokens, mods) - y
     spread = float(((y - y.mean()) ** 2).sum())
@@ -96,12 +114,13 @@ def fit_swarm(cfg: SwarmConfig, swarm: dict[str, Any]) -> dict[str, Any]:
         y = a["losses"][:, j] / a["normalisers"][j]
         f = _fit(tokens, y, mods, groups, cfg, unit)
         tr, tri = f.transfer(at, mods), f.transfer_intervals(at, mods)
-        r, ri = f.rates(unit), f.rate_intervals(unit)
+        ri = f.rate_intervals(unit)
         per_objective[o] = {
-            "rates": {m: _finite_or_none(r[m]) for m in mods},
+            "rates": _objective_rates(f, unit, mods),
             "intervals": {m: [_finite_or_none(lo), _finite_or_none(hi)] for m, (lo, hi) in ri.items()},
-            "transfer": {m: tr[m] * PER_TOKENS for m in mods},
-            "transfer_intervals": {m: [lo * PER_TOKENS, hi * PER_TOKENS] for m, (lo, hi) in tri.items()},
+            "transfer": {m: _tiny_to_zero(tr[m] * PER_TOKENS) for m in mods},
+            "transfer_intervals": {m: [_tiny_to_zero(lo * PER_TOKENS), _tiny_to_zero(hi * PER_TOKENS)]
+                                   for m, (lo, hi) in tri.items()},  # fmt: skip
             "law": _law_doc(f, tokens, y, mods),
         }  # fmt: skip
 
@@ -189,8 +208,12 @@ def rates_table(body: dict[str, Any]) -> str:
     law, cl = body["law"], body["configured"]["law"]
     lines.append(f"law: E {law['E']:.4f}, alpha {law['alpha']:.3f}, rmse {law['rmse']:.4g}, R2 {law['r2']:.3f}; "
                  f"with the configured rates fixed: rmse {cl['rmse']:.4g}, R2 {cl['r2']:.3f}")  # fmt: skip
-    lines.append("transfer (" + body["transfer"]["unit"] + f", at {body['transfer']['at']}):")
     mods = body["modalities"]
+    lines.append(f"per-objective rates ({body['unit']} = 1; '-' where {body['unit']} does not move the objective):")
+    lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
+    for o, d in body["per_objective"].items():
+        lines.append(f"{o:<10}" + "".join(f"{_num(r) if r is not None else '-':>11}" for r in (d["rates"][m] for m in mods)))
+    lines.append("transfer (" + body["transfer"]["unit"] + f", at {body['transfer']['at']}):")
     lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
     for o, d in body["per_objective"].items():
         lines.append(f"{o:<10}" + "".join(f"{d['transfer'][m]:>11.2e}" for m in mods))
