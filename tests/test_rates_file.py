@@ -142,3 +142,27 @@ def test_ogi_plan_rates_overrides_a_mixtures_configured_rates(tmp_path, capsys):
     args = parser.parse_args(["plan", "--compute", "1e20", "--mixture", str(root / "datasets" / "mixture.yaml"), "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["token_budget"]["exchange_rates_source"] == {"kind": "configured"}
+
+
+def test_ogi_rates_show_verifies_and_names_the_bad_field(tmp_path, capsys):
+    import argparse
+
+    from ogi_ray.rates.cli import register as register_rates
+
+    parser = argparse.ArgumentParser()
+    register_rates(parser.add_subparsers(dest="command"))
+    p = tmp_path / "r.json"
+    doc = write_rates_file(p, {**body(), "modalities": ["text", "image"], "rates": {"text": 1.0, "image": 0.42},
+                               "intervals": {"text": [1.0, 1.0], "image": [0.3, 0.5]}})  # fmt: skip
+    bad = json.loads(p.read_text())
+    bad["rates"]["image"] = float("nan")  # json writes NaN; no canonical hash exists for it
+    p.write_text(json.dumps(bad))
+    args = parser.parse_args(["rates", "show", str(p)])
+    assert args.func(args) == 2
+    assert f"{p}: rates.image: must be finite" in capsys.readouterr().err
+    write_rates_file(p, {**body(), "modalities": ["text", "image"], "rates": {"text": 1.0, "image": 0.42},
+                         "intervals": {"text": [1.0, 1.0], "image": [0.3, 0.5]}})  # fmt: skip
+    args = parser.parse_args(["rates", "show", str(p)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"sha256 {doc['sha256']} (verified)" in out and "image" in out

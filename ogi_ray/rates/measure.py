@@ -192,29 +192,36 @@ def _num(x: float) -> str:
 
 
 def rates_table(body: dict[str, Any]) -> str:
-    """The fitted rates, their intervals and the configured ones, as printed by the CLI."""
-    conf = body["configured"]["rates"]
+    """The rates, their intervals and the configured ones (and, for a file from
+    ``measure``, the law, the per-objective rates and the transfer table), as printed."""
+    conf = body.get("configured", {}).get("rates", {})
+    ident = body.get("identification", {})
     pct = f"{100 * body['confidence']:.0f} %"
-    lines = [f"exchange rates ({body['unit']} = 1), metric {body['metric']['name']}, "
-             f"{len(body['trials'])} proxies, {body['bootstrap']['used']} bootstrap resamples",
+    used = body.get("bootstrap", {}).get("used", "?")
+    lines = [f"exchange rates ({body['unit']} = 1), metric {body['metric'].get('name', '?')}, "
+             f"{len(body.get('trials', []))} proxies, {used} bootstrap resamples",
              f"{'modality':<10}{'rate':>9}   {pct + ' interval':<22}{'configured':>11}"]  # fmt: skip
     for m in body["modalities"]:
         lo, hi = body["intervals"][m]
-        flag = " (floored)" if m in body["identification"]["floored"] else ""
-        tied = next((g for g in body["identification"]["tied"] if m in g), None)
+        flag = " (floored)" if m in ident.get("floored", []) else ""
+        tied = next((g for g in ident.get("tied", []) if m in g), None)
         flag += f" (tied: {'+'.join(tied)})" if tied else ""
         iv = f"[{_num(lo)}, {_num(hi)}]"
         lines.append(f"{m:<10}{body['rates'][m]:>9.3f}   {iv:<22}{conf.get(m, float('nan')):>11.3f}{flag}")
-    law, cl = body["law"], body["configured"]["law"]
-    lines.append(f"law: E {law['E']:.4f}, alpha {law['alpha']:.3f}, rmse {law['rmse']:.4g}, R2 {law['r2']:.3f}; "
-                 f"with the configured rates fixed: rmse {cl['rmse']:.4g}, R2 {cl['r2']:.3f}")  # fmt: skip
+    if "law" in body and "configured" in body:
+        law, cl = body["law"], body["configured"]["law"]
+        r2, cr2 = (f"{x:.3f}" if x is not None else "n/a" for x in (law["r2"], cl["r2"]))
+        lines.append(f"law: E {law['E']:.4f}, alpha {law['alpha']:.3f}, rmse {law['rmse']:.4g}, R2 {r2}; "
+                     f"with the configured rates fixed: rmse {cl['rmse']:.4g}, R2 {cr2}")  # fmt: skip
     mods = body["modalities"]
-    lines.append(f"per-objective rates ({body['unit']} = 1; '-' where {body['unit']} does not move the objective):")
-    lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
-    for o, d in body["per_objective"].items():
-        lines.append(f"{o:<10}" + "".join(f"{_num(r) if r is not None else '-':>11}" for r in (d["rates"][m] for m in mods)))
-    lines.append("transfer (" + body["transfer"]["unit"] + f", at {body['transfer']['at']}):")
-    lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
-    for o, d in body["per_objective"].items():
-        lines.append(f"{o:<10}" + "".join(f"{d['transfer'][m]:>11.2e}" for m in mods))
-    return "\n".join(lines + [f"note: {n}" for n in body["notes"]])
+    per = body.get("per_objective", {})
+    if per:
+        lines.append(f"per-objective rates ({body['unit']} = 1; '-' where {body['unit']} does not move the objective):")
+        lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
+        for o, d in per.items():
+            lines.append(f"{o:<10}" + "".join(f"{_num(r) if r is not None else '-':>11}" for r in (d["rates"][m] for m in mods)))
+        lines.append("transfer (" + body["transfer"]["unit"] + f", at {body['transfer']['at']}):")
+        lines.append(f"{'objective':<10}" + "".join(f"{m:>11}" for m in mods))
+        for o, d in per.items():
+            lines.append(f"{o:<10}" + "".join(f"{d['transfer'][m]:>11.2e}" for m in mods))
+    return "\n".join(lines + [f"note: {n}" for n in body.get("notes", [])])

@@ -135,18 +135,6 @@ def load_rates_file(
         raise ConfigError(path, "", "top level must be an object")
     if doc.get("schema") != SCHEMA:
         raise ConfigError(path, "schema", f"expected {SCHEMA!r}, got {doc.get('schema')!r}")
-    stated = doc.get("sha256")
-    if not isinstance(stated, str) or not _HEX64.match(stated):
-        raise ConfigError(path, "sha256", "required: 64 lowercase hex digits")
-    try:
-        actual = rates_hash(doc)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(path, "", f"cannot hash the content ({e})") from e
-    if actual != stated:
-        raise ConfigError(path, "sha256", f"does not match the content (recomputed {actual}): the file changed after it was written")
-    if expected_sha256 is not None and stated != expected_sha256:
-        raise ConfigError(path, "sha256", f"is {stated}, expected {expected_sha256}")
-
     mods = doc.get("modalities")
     if not isinstance(mods, list) or not mods:
         raise ConfigError(path, "modalities", "required: a non-empty list of modality names")
@@ -183,6 +171,19 @@ def load_rates_file(
     metric = doc.get("metric")
     if not isinstance(metric, dict):
         raise ConfigError(path, "metric", "required: the metric's definition")
+    # The hash last: a bad value is reported at its field, an edit that keeps every value
+    # valid by the hash.
+    stated = doc.get("sha256")
+    if not isinstance(stated, str) or not _HEX64.match(stated):
+        raise ConfigError(path, "sha256", "required: 64 lowercase hex digits")
+    try:
+        actual = rates_hash(doc)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(path, "", f"cannot hash the content ({e})") from e
+    if actual != stated:
+        raise ConfigError(path, "sha256", f"does not match the content (recomputed {actual}): the file changed after it was written")
+    if expected_sha256 is not None and stated != expected_sha256:
+        raise ConfigError(path, "sha256", f"is {stated}, expected {expected_sha256}")
     return RatesFile(path=str(path), sha256=stated, name=str(doc.get("name", "")), unit=str(unit),
                      rates=rates, intervals=intervals, confidence=confidence, metric=metric, doc=doc)  # fmt: skip
 
