@@ -107,5 +107,12 @@ def test_fit_and_proposal_match_brute_force_on_the_generating_law(tmp_path):
     write_proposal(rf, prop, out)
     mix = load_mixture(out)  # a valid corpus mixture
     assert math.fsum(s.share for s in mix.sources) == pytest.approx(1.0, abs=1e-9)
-    assert mix.exchange_rates["image"] == prop["rates"]["image"]
+    assert mix.exchange_rates == CONF  # written in the base mixture's own accounting
+    # The rows it builds have the proposed composition: photos' share of rows, by hand.
+    eff_conf = {s: sum(CONF[m] * v for m, v in PROFILE[s].items()) for s in PROFILE}
+    shares = {s.name: s.share for s in mix.sources}
+    rows = {s: shares[s] / eff_conf[s] for s in PROFILE}
+    eff_meas = {"web": PROFILE["web"]["text"], "photos": eff_photos}
+    fed = {s: rows[s] * eff_meas[s] for s in PROFILE}
+    assert fed["photos"] / sum(fed.values()) == pytest.approx(prop["groups"]["text+image"]["proposed"], rel=1e-6)
     assert rf.sha256 in out.read_text()

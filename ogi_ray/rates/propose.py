@@ -8,7 +8,7 @@
         ──SLSQP over P on the simplex, inside the range of shares the proxies saw──►
               proposed P; predicted M̂ and gain over the base shares, bootstrap intervals
         ──write_proposal──► MIXTURE.yaml: the base mixture with the proposed shares (in the
-              build's accounting), the measured rates, and how to confirm it
+              base mixture's own accounting, so it builds as is) and how to confirm it
 
 Each objective saturates in its own effective tokens, so the mixture matters at a fixed
 budget even though the target metric's own rates put every mixture of equal T_eff on
@@ -125,13 +125,16 @@ def propose(rf: RatesFile, budget: float | None = None) -> dict[str, Any]:
     def interval(v: np.ndarray) -> list[float] | None:
         return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
 
-    build = prof.convert(shares_from(best), measured, "fed", measured, "raw")
+    # Written in the base mixture's own accounting (its configured rates), so the proposal
+    # builds as it is (the corpus caps rates at 10; measured ones may exceed that) and its
+    # rows have the proposed composition.
+    build = prof.convert(shares_from(best), measured, "fed", configured, "raw")
     rows_per_step = _rows_per_step(doc["proxy"]["base_job"])
     rows = {k: float(budget * (s / prof.eff("fed", measured)).sum()) for k, s in
             (("proposed", shares_from(best)), ("base", shares_from(p_base)))}  # fmt: skip
     return {
         "rates_file": rf.path, "rates_sha256": rf.sha256, "budget_effective_tokens": budget,
-        "rates": measured, "metric": doc["metric"]["name"],
+        "rates": measured, "build_rates": dict(configured), "metric": doc["metric"]["name"],
         "groups": {g: {"base": float(p_base[i]), "proposed": float(best[i]), "range": [float(lo[i]), float(hi[i])]}
                    for i, g in enumerate(gnames)},
         "sources": {s: {"build_share": float(build[i]), "fed_share": float(shares_from(best)[i])}
@@ -162,13 +165,14 @@ def write_proposal(rf: RatesFile, prop: dict[str, Any], out: str | Path) -> None
     gap = 1.0 - math.fsum(s["share"] for s in admitted)
     max(admitted, key=lambda s: s["share"])["share"] += gap
     mix["name"] = f"{mix.get('name', 'mixture')}-proposed"
-    mix["exchange_rates"] = dict(prop["rates"])
+    mix["exchange_rates"] = dict(prop["build_rates"])
     p = prop["predicted"]
     gi = p["gain_interval"]
     header = [
         f"Proposed by `ogi rates propose {rf.path}` (rates file sha256 {rf.sha256}).",
-        f"Base mixture: {base_path}. Shares are over effective tokens under the measured rates below",
-        "(the rates file's; when the build reads exchange_rates_file, pin that file instead).",
+        f"Base mixture: {base_path}. Shares are in the base mixture's own accounting (its exchange_rates,",
+        "below), so that the rows built have the proposed composition; the budget and the prediction use",
+        "the measured rates: " + ", ".join(f"{m} {r:g}" for m, r in prop["rates"].items()) + ".",
         f"Budget {prop['budget_effective_tokens']:.6g} effective tokens: predicted {prop['metric']} "
         f"{p['base']:.4f} (base shares) -> {p['proposed']:.4f}, gain {p['gain']:.4f}"
         + (f" [{gi[0]:.4f}, {gi[1]:.4f}] ({100 * p['confidence']:.0f} %)" if gi else ""),

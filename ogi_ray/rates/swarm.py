@@ -95,7 +95,9 @@ def prepare(cfg: SwarmConfig, out: Path) -> tuple[list[ProxySpec], dict[str, Pat
 
     load_mixture(cfg.base_mixture)  # a bad base mixture fails here, naming its file
     ref_mix = out / "mixtures" / f"{REFERENCE}.yaml"
-    ref = dict(base, heldout_fraction=cfg.design.heldout_fraction) if cfg.design.heldout_fraction else dict(base)
+    ref = _relocated(base, Path(cfg.base_mixture))
+    if cfg.design.heldout_fraction:
+        ref["heldout_fraction"] = cfg.design.heldout_fraction
     _write_yaml(ref_mix, ref)
     ref_dir = out / "corpora" / REFERENCE
     ref_manifest = _build(ref_mix, ref_dir, cfg.policy)
@@ -115,6 +117,23 @@ def prepare(cfg: SwarmConfig, out: Path) -> tuple[list[ProxySpec], dict[str, Pat
             raise RuntimeError(f"{spec.name}: held-out shards differ from the reference corpus'; proxies would be scored on different rows")
         corpora[spec.name] = out / "corpora" / spec.name
     return specs, corpora, ref_manifest
+
+
+def _relocated(base: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The base mixture as a file in another folder says the same: paths relative to the
+    mixture (a reused tokenizer) made absolute, and a pinned rates file replaced by the
+    rates it pins (its folder does not move with the copy)."""
+    from ogi_ray.scaling.rates import mixture_rates
+
+    out = dict(base)
+    rates, source = mixture_rates(path, base)
+    if source["kind"] == "measured":
+        out.pop("exchange_rates_file")
+        out["exchange_rates"] = rates
+    reuse = (base.get("text_tokenizer") or {}).get("reuse")
+    if reuse:
+        out["text_tokenizer"] = {**base["text_tokenizer"], "reuse": str((path.parent / reuse).resolve())}
+    return out
 
 
 def _pin_design(cfg: SwarmConfig, out: Path, specs: list[ProxySpec], groups: dict[str, list[str]]) -> None:
