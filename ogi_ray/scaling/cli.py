@@ -1,7 +1,8 @@
 """``ogi plan``: the scaling planner's command line (argument parsing and printing only).
 
     ogi plan --compute C [--constants hoffmann|epoch|FILE.yaml] [--inference-tokens T]
-             [--mixture FILE.json|FILE.yaml] [--critical-batch TOKENS] [--json] [--write PLAN.yaml]
+             [--mixture FILE.json|FILE.yaml [--rates RATES.json]] [--critical-batch TOKENS] [--json]
+             [--write PLAN.yaml]
     ogi plan fit RUNS.csv [--json] [--plot PNG] [--bootstrap K] [--starts K|all] [--seed S]
              [--write-constants FILE.yaml]
 
@@ -96,6 +97,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tokens per modality and source",
     )
     p.add_argument(
+        "--rates",
+        metavar="RATES.json",
+        help="measured exchange rates (a file from 'ogi rates measure') to use instead of the "
+        "mixture's own",
+    )
+    p.add_argument(
         "--critical-batch",
         type=_number(positive=True),
         metavar="TOKENS",
@@ -164,7 +171,9 @@ def run_plan(args: argparse.Namespace) -> int:
         return _fail(ValueError("--compute is required (or use 'ogi plan fit RUNS.csv')"))
     try:
         law = load_law(args.constants)
-        mixture = load_mixture(args.mixture) if args.mixture else None
+        if args.rates and not args.mixture:
+            raise ConfigError("<arguments>", "--rates", "needs --mixture (the rates split D over its modalities)")
+        mixture = load_mixture(args.mixture, rates_file=args.rates) if args.mixture else None
         plan = make_plan(
             law,
             args.compute,

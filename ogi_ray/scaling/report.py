@@ -67,6 +67,11 @@ def plan_table(plan: dict[str, Any]) -> str:
             f"({budget['kind']} {budget['source_file']}):",
             f"  method: {budget['method']}",
         ]
+        src = budget.get("exchange_rates_source") or {"kind": "configured"}
+        if src.get("kind") == "measured":
+            lines.append(f"  rates: measured, {src['file']} (sha256 {src['sha256'][:16]}…)")
+        else:
+            lines.append("  rates: configured (hand-set in the file)")
         for m, v in budget["raw_tokens_by_modality"].items():
             rate = budget["exchange_rates"][m]
             lines.append(f"  {m:<10} {human(v):>10} raw  (rate {rate:g})")

@@ -16,18 +16,24 @@ The last factor comes from one of two inputs, told apart by suffix:
 * ``.yaml`` / ``.yml``: a mixture (``exchange_rates``; ``sources`` with ``name``, ``share``,
   ``modalities``). Nothing is known about proportions, so each source's effective tokens are
   split *equally* among its listed modalities; the output says so.
+
+The rates are the ones the corpus build uses: a mixture's ``exchange_rates``, or the
+measured rates of the file its ``exchange_rates_file`` pins (``rates.mixture_rates``);
+``rates_file=`` (``ogi plan --rates``) replaces either with a rates file's. The budget
+names where its rates came from (``exchange_rates_source``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ogi_ray.config import load_yaml
 from ogi_ray.scaling.errors import ScalingInputError
+from ogi_ray.scaling.rates import load_rates_file, mixture_rates
 
 MODALITIES = ("text", "image", "video", "audio", "proprio", "action")
 # A manifest's effective_tokens may be rounded; beyond this we say it disagrees.
@@ -49,6 +55,7 @@ class Mixture:
     exchange_rates: dict[str, float]
     sources: list[SourceMix]
     notes: list[str] = field(default_factory=list)
+    rates_source: dict[str, Any] = field(default_factory=lambda: {"kind": "configured"})
 
 
 def _number(value: Any, path: Path, where: str, *, positive: bool = False) -> float:
@@ -107,8 +114,8 @@ def _require(s: dict[str, Any], key: str, path: Path, i: int) -> Any:
     return s[key]
 
 
-def _from_manifest(data: dict[str, Any], path: Path) -> Mixture:
-    rates = _rates(data, path)
+def _from_manifest(data: dict[str, Any], path: Path, rates: dict[str, float] | None) -> Mixture:
+    rates = rates or _rates(data, path)
     notes: list[str] = []
     out: list[tuple[str, float, dict[str, float]]] = []
     for i, s in enumerate(_sources(data, path)):
@@ -144,8 +151,8 @@ def _from_manifest(data: dict[str, Any], path: Path) -> Mixture:
     return _finish(path, "manifest", method, rates, out, notes, "target_share")
 
 
-def _from_mixture(data: dict[str, Any], path: Path) -> Mixture:
-    rates = _rates(data, path)
+def _from_mixture(data: dict[str, Any], path: Path, rates: dict[str, float] | None) -> Mixture:
+    rates = rates or _rates(data, path)
     out: list[tuple[str, float, dict[str, float]]] = []
     for i, s in enumerate(_sources(data, path)):
         share = _number(_require(s, "share", path, i), path, f"sources[{i}].share")
@@ -202,9 +209,7 @@ def _finish(
     )
 
 
-def load_mixture(path: str | Path) -> Mixture:
-    """Read a corpus manifest (.json) or a mixture (.yaml/.yml)."""
-    path = Path(path)
+def _read(path: Path) -> dict[str, Any]:
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -214,10 +219,38 @@ def load_mixture(path: str | Path) -> Mixture:
             raise ScalingInputError(path, "", f"malformed JSON at line {e.lineno}: {e.msg}") from e
         if not isinstance(data, dict):
             raise ScalingInputError(path, "", "top level must be an object")
-        return _from_manifest(data, path)
+        return data
     if path.suffix in (".yaml", ".yml"):
-        return _from_mixture(load_yaml(path), path)
+        return load_yaml(path)
     raise ScalingInputError(path, "", "mixture must be a manifest .json or a mixture .yaml/.yml")
+
+
+def _used_modalities(data: dict[str, Any], path: Path) -> list[str]:
+    key = "tokens_by_modality" if path.suffix == ".json" else "modalities"
+    out: list[str] = []
+    for s in _sources(data, path):
+        names = s.get(key) or []
+        out += [m for m in names if m not in out]
+    return out
+
+
+def load_mixture(path: str | Path, rates_file: str | Path | None = None) -> Mixture:
+    """Read a corpus manifest (.json) or a mixture (.yaml/.yml); ``rates_file``: use the
+    measured rates of that rates file instead of the ones the file names."""
+    path = Path(path)
+    data = _read(path)
+    if rates_file is not None:
+        rf = load_rates_file(rates_file, require=_used_modalities(data, path))
+        rates: dict[str, float] | None = dict(rf.rates)
+        source = {"kind": "measured", "file": str(rates_file), "sha256": rf.sha256, "name": rf.name}
+    elif path.suffix == ".json":
+        rates, source = None, data.get("exchange_rates_source") or {"kind": "configured"}
+    else:  # a mixture's configured rates (validated below) or its pinned rates file's
+        measured, source = mixture_rates(path, data)
+        rates = measured if source["kind"] == "measured" else None
+    build = _from_manifest if path.suffix == ".json" else _from_mixture
+    mix = build(data, path, rates)
+    return replace(mix, rates_source=dict(source))
 
 
 def token_budget(mixture: Mixture, effective_tokens: float) -> dict[str, Any]:
@@ -235,6 +268,7 @@ def token_budget(mixture: Mixture, effective_tokens: float) -> dict[str, Any]:
         "kind": mixture.kind,
         "method": mixture.method,
         "exchange_rates": dict(mixture.exchange_rates),
+        "exchange_rates_source": dict(mixture.rates_source),
         "effective_tokens": effective_tokens,
         "raw_tokens_by_modality": {m: by_modality[m] for m in MODALITIES if m in by_modality},
         "by_source": by_source,
