@@ -178,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     lineage_cli.register(lin, replay="ogi_ray.train.replay:replay_segment")
 
     from ogi_ray.parallel import cli as parallel_cli
+    from ogi_ray.rates import cli as rates_cli
     from ogi_ray.scaling import cli as scaling_cli
 
     scaling_cli.register(sub)
+    rates_cli.register(sub)
     parallel_cli.register(sub)
     return p
 

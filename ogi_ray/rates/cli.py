@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true", help="print the rates file instead of the table")
     m.set_defaults(func=run_measure)
     pr = sub.add_parser("propose", help="source shares that minimise the predicted metric at a budget")
-    pr.add_argument("rates", metavar="RATES.json")
+    pr.add_argument("rates", metavar="RATES.json", help="a rates file written by ogi rates measure")
     pr.add_argument("--budget", type=float, default=None, metavar="T_EFF",
                     help="effective tokens (measured rates) to plan for; default the config's, else the base proxy's")
     pr.add_argument("--out", default=None, metavar="MIXTURE.yaml", help="write the proposed mixture here")
     pr.add_argument("--json", action="store_true", help="print the proposal as JSON")
     pr.set_defaults(func=run_propose)
     sh = sub.add_parser("show", help="verify a rates file and print its rates")
-    sh.add_argument("rates", metavar="RATES.json")
+    sh.add_argument("rates", metavar="RATES.json", help="the rates file to check and print")
     sh.set_defaults(func=run_show)
 
 

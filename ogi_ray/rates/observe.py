@@ -73,7 +73,7 @@ def objective_losses(scores: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def model_slots(job: Any, manifest: dict[str, Any]) -> dict[str, int]:
     """Slots per row the model has for each modality: what collate keeps of a row."""
-    from ogi_ray.train.driver import fit_model_to_corpus  # the driver's own layout rule
+    from ogi_ray.train.launch import fit_model_to_corpus  # the launch plan's own layout rule
 
     m = fit_model_to_corpus(job, manifest).model
     return {"text": m.n_text, "image": m.n_img, "video": m.n_vid, "audio": m.n_aud,

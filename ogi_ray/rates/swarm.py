@@ -156,7 +156,7 @@ def run_proxy(job_dict: dict[str, Any]) -> dict[str, Any]:
     from ogi_ray.train.driver import train
 
     job = job_from_dict(job_dict)
-    run_dir = job.run.run_dir
+    run_dir = job.run.run_uri  # a local folder: proxies run beside their swarm
     record = observe.final_record(run_dir)
     summary = None
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def run_proxy(job_dict: dict[str, Any]) -> dict[str, Any]:
     if not reused:
         # A proxy is the unit of resumption: a partial run (killed mid-way) starts over.
         shutil.rmtree(run_dir, ignore_errors=True)
-        summary = train(job)
+        summary = train(job, quiet=True)
         record = observe.final_record(run_dir)
         if record is None or record["step"] != job.loop.steps:
             raise RuntimeError(f"{run_dir}: training ended without a final lineage record")

@@ -339,7 +339,7 @@ class Trainer:
         Ray Train's registration (NO_UPLOAD: the files are already in storage), then the
         chain's append, which makes it the resume point."""
         import ray.train
-        from ray.train import Checkpoint, CheckpointUploadMode
+        from ray.train import CheckpointUploadMode
 
         if self._pending is None:
             return
@@ -350,8 +350,7 @@ class Trainer:
             fields = self.hook.record(p["store"], saved, step=p["step"], manifest_hash=p["manifest_hash"],
                                       cursor=p["cursor"], scores=p["scores"], segment=p["segment"], rng=p["rng"])  # fmt: skip
             self.log.flush()  # type: ignore[union-attr]
-            storage = ray.train.get_context().get_storage()
-            report = Checkpoint(path=f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem)
+            report = _ray_checkpoint(name)
         ray.train.report({**p["row"], **p["scores"]}, checkpoint=report, checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)  # fmt: skip
         if self.hook is not None:
@@ -373,6 +372,20 @@ class Trainer:
             "phases": [{"name": p.name, "start": p.start, "steps": p.steps, "token_budget": p.token_budget,
                         "tokens": st.phase_tokens.get(p.name, 0)} for p in self.spec.phases],
         }  # fmt: skip
+
+
+def _ray_checkpoint(name: str) -> Any:
+    """The pointer Ray Train registers for a checkpoint already in storage; None in Ray
+    Train's local mode (``num_workers: 0``), which manages no checkpoints (the lineage
+    HEAD is the resume point there)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    try:
+        storage = ray.train.get_context().get_storage()
+    except NotImplementedError:
+        return None
+    return Checkpoint(path=f"{storage.experiment_fs_path}/{name}", filesystem=storage.storage_filesystem)
 
 
 def _placement(spec: WorkerSpec, local_rank: int) -> Placement:
