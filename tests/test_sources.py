@@ -166,7 +166,7 @@ def test_metaworld_rejects_nan(monkeypatch):
            "action": np.zeros((2, 4), np.float32)}  # fmt: skip
     monkeypatch.setattr(metaworld_demos, "_cached_rollout", lambda *a: bad)
     with pytest.raises(ValueError, match="reach-v3:seed0.*proprio"):
-        list(metaworld_demos.read("reach-v3:seed0", {}))
+        list(metaworld_demos.read("reach-v3:seed0", metaworld_demos.Params()))
 
 
 def test_emoji_images(tmp_path, monkeypatch):
