@@ -168,7 +168,8 @@ def _totals(rows: Any) -> Totals:
 
 def _raise_errors(plan: BuildPlan, totals: Totals) -> None:
     if totals.errors:
-        source, _unit, item, where, message = totals.errors[0]
+        order = {s.name: i for i, s in enumerate(plan.included)}
+        source, _unit, item, where, message = min(totals.errors, key=lambda e: (order[e[0]], *e[1:]))
         more = f" (and {totals.n_errors - 1} more)" if totals.n_errors > 1 else ""
         raise SourceDataError(source, item or None, None, message + more, file=plan.mixture, row=where or None)
     for s in plan.included:

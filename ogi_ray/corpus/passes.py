@@ -19,6 +19,7 @@ one clean ``SourceDataError`` naming the mixture file, the source, the file and 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +167,7 @@ def _tokenized(media: list[dict], docs: list[dict], spec: BuildSpec, name: str, 
             out.append(f)
     for held in (False, True):
         mine = [{"doc_id": r["doc_id"], "ids": np.append(i, eos), "raw_hash": r["raw_hash"],
-                 "meta": r["meta"] or None, "heldout": held}
+                 "meta": json.loads(r["meta"]) if r["meta"] else None, "heldout": held}
                 for r, i in zip(docs, ids[len(media):], strict=True) if r["heldout"] == held]  # fmt: skip
         for f in pack_rows(mine, spec.text.max_tokens, spec.rates):
             f.update(source=name, heldout=held)

@@ -68,7 +68,8 @@ class Totals:
             np.add.at(t.hist, p["buckets"], p["hist"])
         for k, n in part["counts"].items():
             self.counts[k] = self.counts.get(k, 0) + n
-        self.errors = sorted(self.errors + part["errors"])[:MAX_ERRORS]
+        merged = self.errors + part["errors"]
+        self.errors = [e for name in sorted({e[0] for e in merged}) for e in sorted(x for x in merged if x[0] == name)[:MAX_ERRORS]]
         self.n_errors += part["n_errors"]
 
 
@@ -89,7 +90,9 @@ def block_stats(batch: pa.Table) -> pa.Table:
             out["n_errors"] += 1
         else:
             out["counts"][key] = out["counts"].get(key, 0) + d["count"][i]
-    out["errors"] = sorted(out["errors"])[:MAX_ERRORS]
+    # The first few errors of each source: the driver reports the first in mixture order.
+    out["errors"] = [e for name in sorted({e[0] for e in out["errors"]})
+                     for e in sorted(x for x in out["errors"] if x[0] == name)[:MAX_ERRORS]]  # fmt: skip
     src = np.asarray(d["source"], object)
     tok = np.stack([np.asarray(d[c], dtype=object) for c in TOKENS], 1) if len(src) else np.zeros((0, 6))
     held = np.asarray([bool(x) for x in d["heldout"]], bool)
