@@ -75,7 +75,8 @@ def read(item: str, params: Params) -> Iterator[RawSample | BadRow]:
     rel = relpath(item, params.path)
     fmt = file_format(item, params.format)
     if fmt == "txt":
-        raw = fsio.read_bytes(item)
+        with fsio.open_input(item, stream=True) as f:  # .gz/.bz2/.zst decompressed (man pages)
+            raw = f.read()
         try:
             text = raw.decode("utf-8", errors=params.encoding_errors)
         except UnicodeDecodeError as e:
