@@ -178,3 +178,15 @@ def manifest_entry(tok: TextTokenizer, cfg: Any) -> dict[str, Any]:
     if tok.kind == "tiktoken":
         entry.update(pattern=tok.pattern, special_tokens=json.loads(json.dumps(tok.specials)))
     return entry
+
+
+def from_corpus(corpus_dir: str | Path) -> TextTokenizer:
+    """The text tokenizer a built corpus records (its file and ``tokenizers.text``): what
+    a trainer or an evaluation needs to encode text the way the corpus did."""
+    from ogi_ray.corpus import fsio
+    from ogi_ray.corpus.manifest import load_manifest
+
+    t = load_manifest(corpus_dir)["tokenizers"]["text"]
+    data = fsio.read_bytes(fsio.join(fsio.absolute(corpus_dir), t["file"]))
+    return TextTokenizer(t.get("kind", "bpe"), data, t["bos_id"], t["eos_id"], t["pad_id"], t["vocab_size"],
+                         t.get("pattern", ""), dict(t.get("special_tokens", {})))  # fmt: skip
