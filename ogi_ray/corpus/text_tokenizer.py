@@ -32,6 +32,7 @@ import numpy as np
 from ogi_ray.config import ConfigError
 
 BPE_SPECIALS = {"pad_token": "<|pad|>", "eos_token": "<|eos|>", "bos_token": "<|bos|>"}
+ENCODE_BATCH = 256  # documents per encode call
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,16 @@ class TextTokenizer:
         if not idx:
             return out
         enc = _encoder(self.kind, self.data, self.pattern, tuple(sorted(self.specials.items())))
-        if self.kind == "tiktoken":
-            ids = enc.encode_ordinary_batch([texts[i] for i in idx])
-        else:
-            ids = [e.ids for e in enc.encode_batch([texts[i] for i in idx], add_special_tokens=False)]
-        for i, x in zip(idx, ids, strict=True):
-            out[i] = np.asarray(x, np.int32)
+        # A few hundred documents at a time: both libraries return Python lists of ints
+        # (~36 bytes a token), so a whole 64 MB task at once would cost gigabytes.
+        for lo in range(0, len(idx), ENCODE_BATCH):
+            part = idx[lo : lo + ENCODE_BATCH]
+            if self.kind == "tiktoken":
+                ids = enc.encode_ordinary_batch([texts[i] for i in part])
+            else:
+                ids = [e.ids for e in enc.encode_batch([texts[i] for i in part], add_special_tokens=False)]
+            for i, x in zip(part, ids, strict=True):
+                out[i] = np.asarray(x, np.int32)
         return out
 
 
