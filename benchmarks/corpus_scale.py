@@ -100,14 +100,25 @@ def sample():
                 pass
         time.sleep(0.2)
 threading.Thread(target=sample, daemon=True).start()
+import logging
 from ogi_ray.corpus.build import run_build
+me = psutil.Process()
+marks = {"ray.init": me.memory_info().rss}
+class Mark(logging.Handler):  # the driver's RSS when each pass ends
+    def emit(self, rec):
+        marks[rec.getMessage().split(" (")[0]] = me.memory_info().rss
+log = logging.getLogger("ogi_ray.corpus.build")
+log.setLevel(logging.INFO)
+log.addHandler(Mark())
 t0 = time.perf_counter()
 m = run_build(plan)
+marks["end"] = me.memory_info().rss
 seconds = time.perf_counter() - t0
 done.set()
 print(json.dumps({"seconds": seconds, "tokens": sum(s["tokens_by_modality"]["text"] for s in m["sources"]),
                   "rows": m["total_rows"], "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "worker_rss": max(peak.values() or [0]), "workers": len(peak), "shards": len(m["shards"])}))
+                  "worker_rss": max(peak.values() or [0]), "workers": len(peak), "shards": len(m["shards"]),
+                  "marks": {k: v // 2**20 for k, v in marks.items()}}))
 """
 
 
@@ -182,6 +193,7 @@ def main() -> None:
                   f"{q['seconds']:6.1f} s {nbytes / 1e6 / q['seconds']:6.2f} MB/s {q['tokens'] / q['seconds']:9,.0f} tok/s"
                   f" | ratio {q['seconds'] / r['seconds']:.2f}x | driver peak RSS {r['driver_rss'] / 2**20:5.0f} MiB"
                   f" | worker peak RSS {r['worker_rss'] / 2**20:5.0f} MiB ({r['workers']} workers) | {r['shards']} shards")  # fmt: skip
+            print(f"  driver RSS (MiB) at: {r['marks']}")
             if r["tokens"] != q["tokens"]:
                 print(f"  note: tokens differ (Ray {r['tokens']:,}, plain {q['tokens']:,}): packing is per task")
     (s0, _, r0, _), (s1, _, r1, q1) = rows

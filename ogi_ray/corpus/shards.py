@@ -100,14 +100,18 @@ def block_stats(batch: pa.Table) -> pa.Table:
         mine = ok & (src == name)
         tr, he = mine & ~held, mine & held
         tr_tok = tok[tr].astype(np.int64)
-        b = bucket_of(np.asarray([d["h_sel"][i] for i in np.flatnonzero(tr)], np.int64))
+        # Summed per bucket here: a partial is O(buckets), never one entry per row.
+        b, inv = np.unique(bucket_of(np.asarray([d["h_sel"][i] for i in np.flatnonzero(tr)], np.int64)),
+                           return_inverse=True)  # fmt: skip
+        hist = np.zeros((len(b), 1 + len(MODALITIES)), np.int64)
+        np.add.at(hist, inv, np.concatenate([np.ones((len(inv), 1), np.int64), tr_tok.reshape(len(inv), -1)], 1))
         fp = sum(int.from_bytes(hashlib.sha256(f"{d['row_key'][i]}\0{d['raw_hash'][i]}".encode()).digest(), "big")
                  for i in np.flatnonzero(mine))  # fmt: skip
         out["sources"][name] = {
             "train_rows": int(tr.sum()), "held_rows": int(he.sum()),
             "train_tok": tr_tok.sum(0), "held_tok": tok[he].astype(np.int64).sum(0),
             "fingerprint": fp % (1 << 256), "buckets": b,
-            "hist": np.concatenate([np.ones((len(b), 1), np.int64), tr_tok], 1),
+            "hist": hist,
         }  # fmt: skip
     return _blob(out)
 
