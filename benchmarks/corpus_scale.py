@@ -11,7 +11,8 @@ For each size:
 1. Ray Data: ``ogi corpus build`` of a one-source mixture (packed rows of 1,024 tokens,
    GPT-2's pretrained tiktoken BPE, so no BPE is trained) in a fresh subprocess on a fresh
    local cluster of ``--num-cpus`` CPUs. The subprocess reports the driver's peak RSS
-   (ru_maxrss) and samples every Ray worker's RSS every 0.2 s (their peak).
+   (VmHWM, and its RSS sampled every 20 ms per phase) and samples every Ray worker's RSS
+   every 0.2 s (their peak; it counts the object store's shared pages a worker maps).
 2. Plain: one process, no Ray, the same files, the same tokenizer, the same packing and
    Parquet writing (zstd, the same rows per shard).
 Printed: input MB/s, output tokens/s, the throughput ratio Ray / plain, driver and
@@ -82,14 +83,26 @@ def mixture(folder: Path, tokenizer: str, path: Path) -> Path:
 
 
 CHILD = r"""
-import json, resource, sys, threading, time
+import json, sys, threading, time
 import psutil, ray
-from ogi_ray.corpus.build import build_corpus, prepare_build
+from ogi_ray.corpus.build import prepare_build
+def hwm():
+    # VmHWM: this process' peak RSS since its exec. (ru_maxrss is not: after fork + exec
+    # it keeps the parent's RSS at the fork, which here grew with the previous size.)
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+peak, done, phase, driver, raylet = {}, threading.Event(), ["prepare"], {}, []
+def watch_driver():  # every 20 ms: transient peaks show up in their phase
+    me = psutil.Process()
+    while not done.is_set():
+        driver[phase[0]] = max(driver.get(phase[0], 0), me.memory_info().rss)
+        time.sleep(0.02)
+threading.Thread(target=watch_driver, daemon=True).start()
 plan = prepare_build(sys.argv[1], sys.argv[2])
+phase[0] = "ray.init"
 ray.init(address="local", num_cpus=int(sys.argv[3]), include_dashboard=False, log_to_driver=False)
 ray.data.DataContext.get_current().enable_progress_bars = False
 raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
-peak, done = {}, threading.Event()
 def sample():
     while not done.is_set():
         for c in raylet.children(recursive=True):
@@ -107,18 +120,21 @@ marks = {"ray.init": me.memory_info().rss}
 class Mark(logging.Handler):  # the driver's RSS when each pass ends
     def emit(self, rec):
         marks[rec.getMessage().split(" (")[0]] = me.memory_info().rss
+        phase[0] = "after " + rec.getMessage().split(" (")[0]
 log = logging.getLogger("ogi_ray.corpus.build")
 log.setLevel(logging.INFO)
 log.addHandler(Mark())
 t0 = time.perf_counter()
+phase[0] = "pass 1"
 m = run_build(plan)
 marks["end"] = me.memory_info().rss
 seconds = time.perf_counter() - t0
 done.set()
 print(json.dumps({"seconds": seconds, "tokens": sum(s["tokens_by_modality"]["text"] for s in m["sources"]),
-                  "rows": m["total_rows"], "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rows": m["total_rows"], "driver_rss": hwm(),
                   "worker_rss": max(peak.values() or [0]), "workers": len(peak), "shards": len(m["shards"]),
-                  "marks": {k: v // 2**20 for k, v in marks.items()}}))
+                  "marks": {k: v // 2**20 for k, v in marks.items()},
+                  "phase_peaks": {k: v // 2**20 for k, v in driver.items()}}))
 """
 
 
@@ -193,7 +209,7 @@ def main() -> None:
                   f"{q['seconds']:6.1f} s {nbytes / 1e6 / q['seconds']:6.2f} MB/s {q['tokens'] / q['seconds']:9,.0f} tok/s"
                   f" | ratio {q['seconds'] / r['seconds']:.2f}x | driver peak RSS {r['driver_rss'] / 2**20:5.0f} MiB"
                   f" | worker peak RSS {r['worker_rss'] / 2**20:5.0f} MiB ({r['workers']} workers) | {r['shards']} shards")  # fmt: skip
-            print(f"  driver RSS (MiB) at: {r['marks']}")
+            print(f"  driver RSS (MiB) when each pass ended: {r['marks']}; peak in each phase: {r['phase_peaks']}")
             if r["tokens"] != q["tokens"]:
                 print(f"  note: tokens differ (Ray {r['tokens']:,}, plain {q['tokens']:,}): packing is per task")
     (s0, _, r0, _), (s1, _, r1, q1) = rows
