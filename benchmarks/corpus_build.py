@@ -6,8 +6,9 @@
    tokenize, BPE training, mixing plan, sort, Parquet shards, manifest). Its per-pass
    times come from the build's log.
 2. Plain: one process, no Ray, the same sources the license gate admits, the same
-   library functions (``BUILDERS[kind].items/read`` + ``tokenize_sample``) with the BPE
-   the build trained (its ``tokenizer.json``): read + tokenize only, nothing written.
+   library functions (``BUILDERS[kind].items/read`` + ``tokenize_sample``) with the
+   tokenizer the build used (``text_tokenizer.from_corpus``): read + tokenize only,
+   unpacked (so the plain loop's token count is its own), nothing written.
 
 The numerator of both rates is the same: the effective tokens of every row tokenized
 (each source's ``available`` + ``heldout`` effective tokens in the manifest); the plain
@@ -59,23 +60,22 @@ def ray_build(mixture: Path, out: Path, num_cpus: int | None) -> tuple[float, di
     return seconds, manifest, passes.lines
 
 
-def plain(mixture: Path, tokenizer_json: str) -> tuple[float, float, int]:
+def plain(mixture: Path, tok) -> tuple[float, float, int]:
     from ogi_ray.corpus.build import DEFAULT_POLICY
     from ogi_ray.corpus.config import load_mixture
     from ogi_ray.corpus.license import gate_sources, load_policy
     from ogi_ray.corpus.sources import BUILDERS
-    from ogi_ray.corpus.tokenize import load_bpe, tokenize_sample
+    from ogi_ray.corpus.tokenize import tokenize_sample
 
     cfg = load_mixture(mixture)
     included, _ = gate_sources(cfg.sources, load_policy(DEFAULT_POLICY))
-    bpe = load_bpe(tokenizer_json)
     effective, rows = [], 0
     t0 = time.perf_counter()
     for s in included:
         b = BUILDERS[s.kind]
         for item in b.items(s.params):
             for sample in b.read(item, s.params):
-                for row in tokenize_sample(sample, source=s.name, bpe=bpe, text_cfg=cfg.text_tokenizer,
+                for row in tokenize_sample(sample, source=s.name, tokenizer=tok, text_cfg=cfg.text_tokenizer,
                                            patch_cfg=cfg.patches, rates=cfg.exchange_rates):  # fmt: skip
                     effective.append(row["effective_tokens"])
                     rows += 1
@@ -91,7 +91,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "corpus"
         t_ray, m, passes = ray_build(args.mixture, out, args.num_cpus)
-        tok = (out / "tokenizer.json").read_text(encoding="utf-8")
+        from ogi_ray.corpus.text_tokenizer import from_corpus
+
+        tok = from_corpus(out)
     tokenized = sum(s["available_effective_tokens"] + s["heldout_effective_tokens"] for s in m["sources"])
     rows = sum(s["unique_rows"] for s in m["sources"])
     t_plain, eff_plain, rows_plain = plain(args.mixture, tok)

@@ -23,12 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     out = output_path(args.out, "corpus")
-    init_ray()
-    from ogi_ray.corpus.build import build_corpus
+    from ogi_ray.corpus.build import prepare_build, run_build
     from ogi_ray.corpus.inspect import table
 
-    manifest = build_corpus(args.mixture, out, policy_path=args.policy, seed=args.seed)
-    print(table(out))
+    plan = prepare_build(args.mixture, out, policy_path=args.policy, seed=args.seed)  # before Ray: fails fast
+    init_ray()
+    manifest = run_build(plan)
+    print(table(out, manifest=manifest))
     print_summary({"out": out, "manifest_hash": manifest["manifest_hash"]})
     return 0
 

@@ -1,8 +1,8 @@
 """The ``ogi`` command: thin argument parsing over the library (no logic of its own).
 
     ogi demo [--out DIR]
-    ogi corpus build MIXTURE --out DIR [--policy FILE] [--seed N]
-    ogi corpus inspect DIR
+    ogi corpus build MIXTURE --out DIR|URI [--policy FILE] [--seed N] [--overwrite]
+    ogi corpus inspect DIR|URI [--no-verify]
     ogi train --config FILE [--out DIR] [key=value ...]
     ogi lineage verify RUN
     ogi lineage show RUN
@@ -57,12 +57,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_corpus_build(args: argparse.Namespace) -> int:
-    from ogi_ray.corpus.build import build_corpus
+    from ogi_ray.corpus.build import prepare_build, run_build
     from ogi_ray.corpus.inspect import table
 
+    # Everything that can be checked without Ray is checked first: a typo fails at once.
+    plan = prepare_build(args.mixture, args.out, policy_path=args.policy, seed=args.seed, overwrite=args.overwrite)
     _init_ray(args.num_cpus)
-    build_corpus(args.mixture, args.out, policy_path=args.policy, seed=args.seed)
-    print(table(args.out))
+    m = run_build(plan)
+    print(table(args.out, manifest=m, verified="built and hashed by this command"))
     return 0
 
 
@@ -70,8 +72,10 @@ def _cmd_corpus_inspect(args: argparse.Namespace) -> int:
     from ogi_ray.corpus.inspect import table
     from ogi_ray.corpus.manifest import verify_corpus
 
-    verify_corpus(args.dir)
-    print(table(args.dir))
+    m = verify_corpus(args.dir, check_shards=not args.no_verify)
+    n = len(m["shards"]) + len(m.get("heldout_shards", [])) + 1
+    verified = "manifest hash only (--no-verify)" if args.no_verify else f"manifest hash and all {n} files' SHA-256"
+    print(table(args.dir, manifest=m, verified=verified))
     return 0
 
 
@@ -138,14 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("corpus", help="build or inspect a corpus").add_subparsers(dest="sub", required=True)
-    cb = c.add_parser("build", parents=[ray_opts])
-    cb.add_argument("mixture", help="mixture YAML, e.g. datasets/demo.yaml")
-    cb.add_argument("--out", required=True, help="corpus folder to write")
-    cb.add_argument("--policy", default=None, help="license policy YAML (default datasets/policy.yaml)")
+    cb = c.add_parser("build", parents=[ray_opts], help="build a corpus from a mixture file (Ray Data)",
+                      description="Build the corpus a mixture file describes: license gate, tokenizers, exact "
+                                  "mix, Parquet shards and a hashed manifest. The mixture, policy, every "
+                                  "source's params and inputs and the output folder are checked before Ray starts.")  # fmt: skip
+    cb.add_argument("mixture", help="mixture YAML (e.g. datasets/mixture.yaml; docs/corpus.md)")
+    cb.add_argument("--out", required=True,
+                    help="corpus folder: a local path or a pyarrow.fs URI (s3://bucket/prefix); created, or "
+                         "replaced once the new corpus is complete if it holds a corpus this command wrote")  # fmt: skip
+    cb.add_argument("--policy", default=None, help="license policy YAML (default: datasets/policy.yaml)")
     cb.add_argument("--seed", type=int, default=None, help="override the mixture's seed")
+    cb.add_argument("--overwrite", action="store_true",
+                    help="also write into a non-empty folder that is not a corpus (its other files stay)")
     cb.set_defaults(func=_cmd_corpus_build)
-    ci = c.add_parser("inspect")
-    ci.add_argument("dir", help="a built corpus folder")
+    ci = c.add_parser("inspect", help="verify a corpus and print target vs realised shares")
+    ci.add_argument("dir", help="corpus folder or URI")
+    ci.add_argument("--no-verify", action="store_true", help="check the manifest hash only, not every file's SHA-256")
     ci.set_defaults(func=_cmd_corpus_inspect)
 
     t = sub.add_parser("train", parents=[ray_opts], help="run a training job (live progress on stderr, the summary as JSON on stdout)")

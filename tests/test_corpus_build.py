@@ -1,5 +1,6 @@
 """Corpus build on a real local Ray cluster, from real stdlib code and skimage photos,
-and every kind of bad input: each error names the file and the field."""
+and every kind of bad input: each error names the file and the field. Errors that need
+no data are raised before Ray starts (test_corpus_cli.py checks that from the CLI)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from ogi_ray.corpus.build import build_corpus
 from ogi_ray.corpus.config import PatchConfig, TextTokenizerConfig
 from ogi_ray.corpus.manifest import CorpusError, seal, verify_corpus
 from ogi_ray.corpus.passes import SHARD_SCHEMA
+from ogi_ray.corpus.text_tokenizer import train_bpe
 from ogi_ray.corpus.tokenize import SourceDataError, tokenize_sample
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -28,13 +30,16 @@ def mixture(tmp_path: Path, code_root: Path, **over) -> Path:
     m = {
         "name": "t", "seed": 3, "exchange_rates": {"text": 1.0, "image": 0.5},
         "text_tokenizer": {"vocab_size": 400, "train_chars": 200000, "max_tokens": 64},
-        "patches": {"size": 32, "patch": 8}, "shard_rows": 40, "heldout_fraction": 0.1,
+        "patches": {"size": 32, "patch": 8}, "shard_rows": 40, "heldout_fraction": 0.35,
         "sources": [
             {"name": "code", "kind": "python_stdlib", "share": 0.6, "modalities": ["text"],
              "license": "PSF-2.0", "params": {"root": str(code_root)}},
             {"name": "photos", "kind": "skimage_captions", "share": 0.4,
              "modalities": ["text", "image"], "license": "CC0-1.0",
              "params": {"names": ["cat", "coffee", "rocket", "moon"], "views": 3}},
+            # Its own share on top (as in datasets/mixture.yaml): excluded by the policy.
+            {"name": "nc", "kind": "skimage_captions", "share": 0.1, "modalities": ["text", "image"],
+             "license": "CC-BY-NC-4.0", "params": {"names": ["cat"], "views": 1}},
         ],
     }  # fmt: skip
     for k, v in over.items():
@@ -73,59 +78,57 @@ def built(ray_local, tmp_path_factory, code_root):
     return tmp, mix, m
 
 
-def test_manifest_shares_and_schema(built):
+def _read(out: Path, entries: list, columns: list | None = None) -> dict:
+    cols: dict = {}
+    for s in entries:
+        for k, v in pq.read_table(out / s["path"], columns=columns).to_pydict().items():
+            cols.setdefault(k, []).extend(v)
+    return cols
+
+
+def test_manifest_shares_schema_and_packing(built):
     tmp, _, m = built
-    assert m == verify_corpus(tmp / "out")
+    out = tmp / "out"
+    assert m == verify_corpus(out)
     assert m["manifest_hash"] == seal(m)["manifest_hash"]
-    # Realised shares recomputed from the shards themselves, not from the manifest.
-    eff = {}
-    for s in m["shards"]:
-        t = pq.read_table(tmp / "out" / s["path"]).to_pydict()
-        for src, e in zip(t["source"], t["effective_tokens"], strict=True):
-            eff[src] = eff.get(src, 0.0) + e
-        for key in ("source", "modality", "tokens_text", "tokens_image", "effective_tokens"):
-            assert key in t
-        for i, mod in enumerate(t["modality"]):
-            rate = {"text": 1.0, "image": 0.5}
-            assert t["effective_tokens"][i] == pytest.approx(
-                sum(t[f"tokens_{x}"][i] * rate[x] for x in mod.split("+")))
-    total = sum(eff.values())
-    targets = {s["name"]: s["target_share"] for s in m["sources"]}
-    # Schema exactly as documented (docs/corpus.md), rows in mixed order, no held-out row.
-    table = pq.read_table(tmp / "out" / m["shards"][0]["path"])
+    # Schema exactly as documented (docs/corpus.md); rows in global position order.
+    table = pq.read_table(out / m["shards"][0]["path"])
     assert table.schema.remove_metadata() == pa.schema(sorted(SHARD_SCHEMA, key=lambda f: f.name))
-    positions, train_keys = [], set()
-    for s in m["shards"]:
-        t = pq.read_table(tmp / "out" / s["path"], columns=["position", "source", "row_key"])
-        positions += t["position"].to_pylist()
-        train_keys |= set(zip(t["source"].to_pylist(), t["row_key"].to_pylist(), strict=True))
-    assert positions == list(range(m["total_rows"]))
-    for s in m["heldout_shards"]:
-        t = pq.read_table(tmp / "out" / s["path"], columns=["source", "row_key"])
-        held = set(zip(t["source"].to_pylist(), t["row_key"].to_pylist(), strict=True))
-        assert held and not held & train_keys
-        # Whole documents are held out: no document has rows on both sides.
-        docs = lambda keys: {(s, k.rsplit("/", 1)[0]) for s, k in keys}  # noqa: E731
-        assert not docs(held) & docs(train_keys)
+    t = _read(out, m["shards"])
+    assert t["position"] == list(range(m["total_rows"]))
+    # Realised shares recomputed from the shards themselves, not from the manifest.
+    rate = {"text": 1.0, "image": 0.5}
+    eff: dict = {}
+    for i, (src, e) in enumerate(zip(t["source"], t["effective_tokens"], strict=True)):
+        eff[src] = eff.get(src, 0.0) + e
+        assert e == pytest.approx(sum(t[f"tokens_{x}"][i] * rate[x] for x in t["modality"][i].split("+")))
+    targets = {s["name"]: s["target_share"] for s in m["sources"]}
     for name, e in eff.items():
-        assert abs(e / total - targets[name]) < 0.005
-    assert {s["name"] for s in m["sources"]} == {"code", "photos"}
-    assert m["tokenizers"]["text"]["sha256"]
+        assert abs(e / sum(eff.values()) - targets[name]) < 0.005
+    # Code is packed: documents joined with EOS into rows of exactly max_tokens (64), the
+    # last row of a task's stream shorter; text_doc_lens sum to the row's tokens.
+    eos = m["tokenizers"]["text"]["eos_id"]
+    code = [i for i, s in enumerate(t["source"]) if s == "code"]
+    lens = [np.frombuffer(t["text_doc_lens"][i], "<i4") for i in code]
+    assert all(int(x.sum()) == t["tokens_text"][i] for x, i in zip(lens, code, strict=True))
+    assert sum(t["tokens_text"][i] == 64 for i in code) >= len(code) - 2
+    assert any(len(x) > 1 for x in lens), "some row holds more than one document"
+    ids = np.frombuffer(t["text_tokens"][code[0]], "<i4")
+    assert ids[np.cumsum(lens[0])[:-1] - 1].tolist() == [eos] * (len(lens[0]) - 1)  # EOS ends each inner document
+    # The gate: the NC source is listed with its reason and never reaches a shard.
+    assert [e["name"] for e in m["excluded"]] == ["nc"] and "CC-BY-NC-4.0" in m["excluded"][0]["reason"]
+    assert set(t["source"]) == {"code", "photos"}
+    assert m["tokenizers"]["text"]["bos_id"] != eos and m["tokenizers"]["text"]["pad_id"] not in (eos,)
+
+
+def test_heldout_documents_are_whole_and_one_byte_changes_the_hash(built, tmp_path, code_root):
+    tmp, _, m = built
+    out = tmp / "out"
     assert m["heldout_shards"], "a held-out split was requested"
-
-
-def test_same_inputs_same_hash_and_one_byte_changes_it(built, tmp_path, code_root, monkeypatch):
-    import ray
-
-    _, mix, m = built
-    # A different block count (as on a bigger cluster) and the large-corpus ordering path
-    # (Ray Data's range-partitioned sort instead of the driver's gather) change no byte.
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
-    monkeypatch.setattr("ogi_ray.corpus.build.DRIVER_ORDER_BYTES", -1)
-    monkeypatch.setattr("ogi_ray.corpus.build.PART_BYTES", 1)  # one partition per shard
-    again = build_corpus(mix, tmp_path / "again")
-    assert again["manifest_hash"] == m["manifest_hash"]
-    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in m["shards"]]
+    held, train = _read(out, m["heldout_shards"]), _read(out, m["shards"])
+    assert held["position"] == list(range(len(held["position"]))) and set(held["repeat"]) == {0}
+    docs = lambda t: {(s, d) for s, d, k in zip(t["source"], t["doc_id"], t["row_key"], strict=True) if "/pack/" not in k and "/heldout/" not in k}  # noqa: E731
+    assert not docs(held) & docs(train)  # no unpacked document on both sides
     changed = tmp_path / "changed"
     shutil.copytree(code_root, changed)
     f = changed / "keyword.py"
@@ -134,8 +137,9 @@ def test_same_inputs_same_hash_and_one_byte_changes_it(built, tmp_path, code_roo
     f.write_bytes(bytes(raw))
     other = build_corpus(mixture(tmp_path, changed), tmp_path / "other")
     assert other["manifest_hash"] != m["manifest_hash"]
-    code = [s for s in other["sources"] if s["name"] == "code"][0]
-    assert code["input_hash"] != [s for s in m["sources"] if s["name"] == "code"][0]["input_hash"]
+    before = {s["name"]: s["input_hash"] for s in m["sources"]}
+    after = {s["name"]: s["input_hash"] for s in other["sources"]}
+    assert [n for n in before if before[n] != after[n]] == ["code"]
 
 
 def test_corrupt_or_missing_shard_is_named(built, tmp_path):
@@ -158,29 +162,21 @@ def test_corrupt_or_missing_shard_is_named(built, tmp_path):
         verify_corpus(out)
 
 
-def test_license_gate_excludes_nc_source(ray_local, tmp_path, code_root):
-    mix = yaml.safe_load(mixture(tmp_path, code_root).read_text())
-    mix["sources"].append({"name": "nc", "kind": "skimage_captions", "share": 0.1,
-                           "modalities": ["text", "image"], "license": "CC-BY-NC-4.0",
-                           "params": {"names": ["cat"], "views": 1}})
-    p = tmp_path / "nc.yaml"
-    p.write_text(yaml.safe_dump(mix))
-    m = build_corpus(p, tmp_path / "out")
-    assert [e["name"] for e in m["excluded"]] == ["nc"]
-    assert "CC-BY-NC-4.0" in m["excluded"][0]["reason"]
-    for s in m["shards"]:
-        assert "nc" not in set(pq.read_table(tmp_path / "out" / s["path"], columns=["source"])["source"].to_pylist())
-
-
 @pytest.mark.parametrize(
     "change,field",
     [
         (lambda m: m["sources"][0].update(share=0.9), "sources"),
         (lambda m: m["sources"][0].update(kind="nope"), "sources[0].kind"),
-        (lambda m: m["sources"][0].pop("license"), "sources"),
+        (lambda m: m["sources"][0].pop("license"), "sources[0].license"),
+        (lambda m: m["sources"][0].update(license="PSF-2.0 ANDD MIT"), "sources[0].license"),
+        (lambda m: m["sources"][2].update(license="CC-BY-NC-4.O"), "sources[2].license"),
         (lambda m: m["sources"][0].update(licence="MIT"), "sources[0].licence"),
+        (lambda m: m["sources"][0]["params"].update(max_file=6), "sources[0].params.max_file"),
+        (lambda m: m["sources"][0]["params"].update(max_files=0), "sources[0].params.max_files"),
+        (lambda m: m["sources"][1]["params"].update(views="3"), "sources[1].params.views"),
         (lambda m: m["exchange_rates"].pop("image"), "exchange_rates"),
         (lambda m: m["sources"][1].update(modalities=["smell"]), "sources[1].modalities"),
+        (lambda m: m["text_tokenizer"].update(kind="hf", file="nope.json"), "text_tokenizer.file"),
     ],
 )  # fmt: skip
 def test_bad_mixture_errors_name_file_and_field(tmp_path, code_root, change, field):
@@ -189,17 +185,17 @@ def test_bad_mixture_errors_name_file_and_field(tmp_path, code_root, change, fie
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(m))
     with pytest.raises(ConfigError) as e:
-        build_corpus(p, tmp_path / "out")
+        build_corpus(p, tmp_path / "out")  # raised by prepare_build: Ray is never needed
     assert e.value.file == str(p) and e.value.field == field
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_license_is_named_in_the_share_error(tmp_path, code_root):
+def test_invalid_spdx_gives_the_parsers_message(tmp_path, code_root):
     m = yaml.safe_load(mixture(tmp_path, code_root).read_text())
-    m["sources"][0].pop("license")
+    m["sources"][2]["license"] = "CC-BY-NC-4.O"  # a typo on the source with its own extra share
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(m))
-    with pytest.raises(ConfigError, match=r"excluded by license: code \(missing license"):
+    with pytest.raises(ConfigError, match="not a valid SPDX expression.*CC-BY-NC-4.O"):
         build_corpus(p, tmp_path / "out")
 
 
@@ -221,9 +217,10 @@ def test_nan_or_inf_in_numeric_data_is_named(bad):
     sample = {"doc_id": "ep0", "proprio": np.array([[0.0, bad]], np.float32),
               "action": np.zeros((1, 2), np.float32)}  # fmt: skip
     with pytest.raises(SourceDataError, match="'proprio'.*NaN or inf") as e:
-        list(tokenize_sample(sample, source="robot", bpe=None, text_cfg=TextTokenizerConfig(),
+        list(tokenize_sample(sample, source="robot", tokenizer=None, text_cfg=TextTokenizerConfig(),
                              patch_cfg=PatchConfig(), rates={"proprio": 1.0, "action": 1.0}))
     assert e.value.field == "proprio" and e.value.source == "robot"
+    assert train_bpe(["abc"], 300).eos_id == 1  # the trained BPE's specials are looked up
 
 
 def test_nan_in_source_data_stops_the_build(ray_local, tmp_path, code_root, module_cache):
@@ -233,8 +230,9 @@ def test_nan_in_source_data_stops_the_build(ray_local, tmp_path, code_root, modu
     from ogi_ray.corpus.sources._cache import load_npz, save_npz
 
     params = {"tasks": ["reach-v3"], "seeds": 1, "max_steps": 6, "size": 32}
-    list(mw.read("reach-v3:seed0", params))  # renders into this module's cache
-    path = mw.cache_path("reach-v3", 0, mw._settings(params))
+    typed = mw.Params(**params)
+    list(mw.read("reach-v3:seed0", typed))  # renders into this module's cache
+    path = mw.cache_path("reach-v3", 0, mw._settings(typed))
     ep = load_npz(path)
     ep["proprio"][3, 1] = np.nan
     save_npz(path, ep)
@@ -247,9 +245,8 @@ def test_nan_in_source_data_stops_the_build(ray_local, tmp_path, code_root, modu
     p.write_text(yaml.safe_dump(m))
     with pytest.raises(SourceDataError) as e:
         build_corpus(p, tmp_path / "out")
-    assert (e.value.file, e.value.source, e.value.item, e.value.field) == (
-        str(p), "robot", "reach-v3:seed0", "proprio")
-    assert str(p) in str(e.value) and "NaN" in str(e.value)
+    assert (e.value.file, e.value.source, e.value.item) == (str(p), "robot", "reach-v3:seed0")
+    assert str(p) in str(e.value) and "NaN" in str(e.value) and "proprio" in str(e.value)
     assert not any(x.name.startswith("out") for x in tmp_path.iterdir())
 
 
@@ -268,32 +265,35 @@ def test_unreadable_item_and_undeclared_modality_are_named(ray_local, tmp_path, 
     p.write_text(yaml.safe_dump(m))
     with pytest.raises(SourceDataError) as e:
         build_corpus(p, tmp_path / "out")
-    assert (e.value.source, e.value.field) == ("photos", "modalities")
+    assert e.value.source == "photos" and "modalities" in str(e.value)
     assert "['text']" in e.value.message and e.value.file == str(p)
     assert not any(x.name.startswith("out") for x in tmp_path.iterdir())
 
 
-def test_failed_write_leaves_nothing(ray_local, tmp_path, code_root, monkeypatch):
+def test_a_failed_rebuild_leaves_the_previous_corpus_and_foreign_files(built, tmp_path, monkeypatch):
     import ogi_ray.corpus.build as b
 
-    calls = {"n": 0}
-    real = pq.write_table
+    src, mix, m = built
+    out = tmp_path / "out"
+    shutil.copytree(src / "out", out)
+    (out / "notes.txt").write_text("mine")  # a file the build did not write
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
-    def failing(table, where, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError("disk full")
-        return real(table, where, **kw)
+    def failing(*a, **k):
+        raise OSError("disk full")
 
-    monkeypatch.setattr(pq, "write_table", failing)
+    monkeypatch.setattr(b, "_manifest", failing)  # after the shards are written to staging
     with pytest.raises(OSError, match="disk full"):
-        b.build_corpus(mixture(tmp_path, code_root), tmp_path / "out")
-    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
-    # A failed rebuild leaves the previous corpus as it was.
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "manifest.json").write_text("previous")
-    calls["n"] = 0
-    with pytest.raises(OSError, match="disk full"):
-        b.build_corpus(mixture(tmp_path, code_root), tmp_path / "out")
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == ["out"]
-    assert (tmp_path / "out" / "manifest.json").read_text() == "previous"
+        b.build_corpus(mix, out)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing staged is left
+    monkeypatch.undo()
+    # A previous corpus with one more shard than the new one: the stale shard goes, the
+    # user's file stays, and the rebuilt corpus verifies.
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "shards" / "part-00099.parquet").write_bytes(b"old")
+    man["shards"].append({"path": "shards/part-00099.parquet", "sha256": "0" * 64, "rows": 1})
+    (out / "manifest.json").write_text(json.dumps(man))
+    again = b.build_corpus(mix, out)
+    assert again["manifest_hash"] == m["manifest_hash"] and verify_corpus(out) == again
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "shards" / "part-00099.parquet").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]

@@ -82,7 +82,7 @@ def test_one_byte_of_one_input_changes_the_hash(first, tmp_path):
     files = BUILDERS["python_stdlib"].items(code["params"])
     for rel in files:
         (tmp_path / "code" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(_root(code["params"]) / rel, tmp_path / "code" / rel)
+        shutil.copy(_root(BUILDERS["python_stdlib"].params(code["params"])) / rel, tmp_path / "code" / rel)
     code["params"]["root"] = str(tmp_path / "code")
     assert BUILDERS["python_stdlib"].items(code["params"]) == files
     f = tmp_path / "code" / files[0]

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from ogi_ray.corpus.config import PatchConfig, TextTokenizerConfig
-from ogi_ray.corpus.mixing import mixed_order
 from ogi_ray.corpus.sources import BUILDERS
-from ogi_ray.corpus.tokenize import (
-    EOS_ID,
-    audio_frames,
-    load_bpe,
-    tokenize_sample,
-    train_bpe,
-    video_tubelets,
-)
+from ogi_ray.corpus.text_tokenizer import train_bpe
+from ogi_ray.corpus.tokenize import audio_frames, pack_rows, tokenize_sample, video_tubelets
 
 RATES = {"text": 1.0, "image": 0.5, "video": 0.3, "audio": 0.1, "proprio": 0.125, "action": 0.25}
 TEXT = TextTokenizerConfig(vocab_size=300, max_tokens=16)
@@ -30,11 +23,11 @@ def bpe():
     # A tiny BPE trained on real text (a stdlib docstring): enough to encode anything.
     import textwrap
 
-    return load_bpe(train_bpe([textwrap.__doc__ or "text"], TEXT))
+    return train_bpe([textwrap.__doc__ or "text"], TEXT.vocab_size)
 
 
 def rows_of(sample, bpe, cfg):
-    return list(tokenize_sample(sample, source="s", bpe=bpe, text_cfg=TEXT, patch_cfg=cfg, rates=RATES))
+    return list(tokenize_sample(sample, source="s", tokenizer=bpe, text_cfg=TEXT, patch_cfg=cfg, rates=RATES))
 
 
 def _cat(rows, key, dtype, dim):
@@ -98,22 +91,30 @@ def test_video_sound_follows_its_frames(bpe):
 def test_text_is_chunked_and_ends_with_eos(bpe):
     (s,) = BUILDERS["python_stdlib"].read("colorsys.py", {})
     rows = rows_of(s, bpe, PatchConfig())
-    ids = np.concatenate([np.frombuffer(r["text_tokens"].tobytes(), np.int32) for r in rows])
-    assert ids.tolist() == bpe.encode(s["text"]).ids + [EOS_ID]
+    ids = np.concatenate([np.frombuffer(r["text_tokens"], np.int32) for r in rows])
+    assert ids.tolist() == bpe.encode_batch([s["text"]])[0].tolist() + [bpe.eos_id]
     assert all(r["tokens_text"] == TEXT.max_tokens for r in rows[:-1])
     assert all(r["modality"] == "text" and r["effective_tokens"] == r["tokens_text"] for r in rows)
+    assert all(np.frombuffer(r["text_doc_lens"], "<i4").tolist() == [r["tokens_text"]] for r in rows)
 
 
-def test_mixed_order_is_a_function_of_rows_and_seed():
-    keys = [("a", f"{i:06d}/d/0") for i in range(5)] + [("b", f"{i:06d}/e/0") for i in range(4)]
-    counts = [1, 0, 2, 1, 3, 1, 1, 0, 2]
-    out = mixed_order(keys, counts, seed=7)
-    perm = np.random.default_rng(0).permutation(len(keys))
-    shuffled = mixed_order([keys[i] for i in perm], [counts[i] for i in perm], seed=7)
-    assert out == shuffled
-    positions = sorted(p for _, ps in out.values() for p in ps)
-    assert positions == list(range(sum(counts)))
-    assert {k: len(r) for k, (r, _) in out.items()} == {
-        f"{s}|{k}": c for (s, k), c in zip(keys, counts, strict=True) if c
-    }
-    assert mixed_order(keys, counts, seed=8) != out
+def test_packing_joins_documents_with_eos_and_keeps_their_boundaries(bpe):
+    texts = [BUILDERS["python_stdlib"].read(f, {}).__next__()["text"][:n]
+             for f, n in (("colorsys.py", 300), ("keyword.py", 40), ("this.py", 90))]  # fmt: skip
+    docs = [{"doc_id": f"d{i}", "ids": np.append(x, np.int32(bpe.eos_id)), "raw_hash": f"h{i}", "meta": None}
+            for i, x in enumerate(bpe.encode_batch(texts))]  # fmt: skip
+    rows = pack_rows(docs, 16, RATES)
+    stream = np.concatenate([d["ids"] for d in docs])
+    got = np.concatenate([np.frombuffer(r["text_tokens"], "<i4") for r in rows])
+    assert got.tolist() == stream.tolist()  # nothing lost, nothing padded
+    assert [r["tokens_text"] for r in rows[:-1]] == [16] * (len(rows) - 1) and rows[-1]["tokens_text"] <= 16
+    lens = [np.frombuffer(r["text_doc_lens"], "<i4").tolist() for r in rows]
+    assert all(sum(x) == r["tokens_text"] for x, r in zip(lens, rows, strict=True))
+    # The pieces of each document, concatenated over rows, are the document's length.
+    flat = [n for x in lens for n in x]
+    starts = [i for i, r in enumerate(rows)]
+    assert sum(flat) == sum(len(d["ids"]) for d in docs) and len(starts) == len(rows)
+    boundaries = np.cumsum([len(d["ids"]) for d in docs])
+    cuts = np.cumsum(flat)
+    assert set(boundaries.tolist()) <= set(cuts.tolist())  # every document ends at a piece boundary
+    assert got[boundaries - 1].tolist() == [bpe.eos_id] * 3

@@ -166,7 +166,7 @@ def test_metaworld_rejects_nan(monkeypatch):
            "action": np.zeros((2, 4), np.float32)}  # fmt: skip
     monkeypatch.setattr(metaworld_demos, "_cached_rollout", lambda *a: bad)
     with pytest.raises(ValueError, match="reach-v3:seed0.*proprio"):
-        list(metaworld_demos.read("reach-v3:seed0", {}))
+        list(metaworld_demos.read("reach-v3:seed0", metaworld_demos.Params()))
 
 
 def test_emoji_images(tmp_path, monkeypatch):
@@ -212,3 +212,47 @@ def test_cache_helper_is_atomic_and_keyed(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write(cache_dir("x") / "g.bin", failing)
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["f.npz"]  # no partial file
+
+
+def test_user_kinds_read_parquet_images_indexes_and_name_bad_files(tmp_path):
+    """The user kinds' read paths that the Ray tests do not take: Parquet images, JSONL
+    and Parquet indexes, an undecodable video, typed params with a named bad key."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+    from PIL import Image
+
+    from ogi_ray.config import ConfigError
+    from ogi_ray.corpus.sources import BadRow
+
+    photos = list(BUILDERS["skimage_captions"].read("coffee", {"views": 2}))
+    enc = []
+    for s in photos:
+        buf = io.BytesIO()
+        Image.fromarray(s["image"]).save(buf, format="PNG")
+        enc.append(buf.getvalue())
+    pq.write_table(pa.table({"image": [{"bytes": enc[0]}, {"bytes": b"garbage"}], "caption": [s["text"] for s in photos],
+                             "lic": ["CC0-1.0", "CC0-1.0"]}), tmp_path / "img.parquet")  # fmt: skip
+    got = list(BUILDERS["image_text"].read(str(tmp_path / "img.parquet"),
+                                           {"path": str(tmp_path), "format": "parquet", "license_field": "lic"}))  # fmt: skip
+    assert np.array_equal(got[0]["image"], photos[0]["image"]) and got[0]["license"] == "CC0-1.0"
+    assert isinstance(got[1], BadRow) and (got[1].reason, got[1].row) == ("undecodable image", "row 1")
+    (s,) = BUILDERS["espeak_speech"].read("wiki:0000-0000", {"max_items": 1, "batch_size": 1})
+    sf.write(tmp_path / "a.flac", s["audio"], s["audio_rate"])
+    (tmp_path / "index.jsonl").write_text(json.dumps({"audio": "a.flac", "text": s["text"], "lic": "MIT"}) + "\n")
+    params = {"path": str(tmp_path), "index": str(tmp_path / "index.jsonl"), "license_field": "lic"}
+    (item,) = BUILDERS["audio_text"].items(params)
+    (a,) = BUILDERS["audio_text"].read(item, params)
+    assert a["text"] == s["text"] and a["license"] == "MIT" and a["audio_rate"] == s["audio_rate"]
+    assert np.allclose(a["audio"], s["audio"], atol=1e-4)  # FLAC is lossless up to 16-bit PCM
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    (tmp_path / "v" / "broken.txt").write_text("a caption")
+    (bad,) = BUILDERS["video_text"].read(str(tmp_path / "v" / "broken.mp4"), {"path": str(tmp_path / "v")})
+    assert isinstance(bad, BadRow) and bad.reason == "undecodable video" and "broken.mp4" in bad.message
+    with pytest.raises(ConfigError) as e:
+        BUILDERS["video_text"].params({"path": "x", "fps": 0})
+    assert e.value.field == "fps"

@@ -1,364 +1,339 @@
-"""Corpus build on Ray Data: mixture YAML → license gate → tokenize → mix → shards + manifest.
+"""Corpus build on Ray Data: mixture → license gate → tokenize → exact mix → shards + manifest.
 
-    mixture.yaml ─► license gate (policy) ─► items (one per file/clip/episode/batch)
-        ▼
-    pass 1 (flat_map, one read per item): media tokenized (patches, tubelets, audio
-        frames, per-step vectors, cut in time), text kept raw ─► materialize
-        driver: error rows? raise naming file, source, item, field
-                text prefixes, fixed per-source budget ─► BPE (deterministic)
-        ▼
-    pass 2 (map_batches): BPE ids, text-only docs split into rows, counts,
-        effective_tokens ─► materialize
-        driver: small columns only ─► held-out split (seeded hash) ─► plan_mixture
-                (exact shares) ─► mixed_order: every copy's global ``position``
-        ▼
-    pass 3: rows in mixed order, ``shard_rows`` at a time ─► Parquet shards written in
-        order ─► manifest.json (+ manifest_hash). The order is known, so nothing is
-        sampled: a small corpus is gathered by the driver (which writes every byte
-        anyway) and each shard is one ``take``; a large one is expanded to its copies
-        and range-partitioned by ``position`` at shard edges by Ray Data's sort.
+    prepare_build (driver, no Ray): mixture, policy, every source's params and inputs, the
+        pretrained tokenizer and the output folder are loaded and checked ─► BuildPlan
+        (so a typo fails in a second, not after a cluster start)
+    run_build (Ray):
+      [bpe only] one task per source reads its first ``train_chars`` of text ─► BPE
+      pass 1: one task per source lists its items into units; Ray Data reads every unit:
+          row licenses gated, media tokenized, text encoded and packed, documents held out
+          by hash ─► token rows + status rows, materialized (object store, spilled)
+      totals: one partial per block (passes/shards.py) summed on the driver, one block at a
+          time ─► per-source token sums, bucket histograms, excluded/skipped counts, errors
+      plan (driver): shares → full passes + remainder per source (mixing.py); the few rows
+          of each crossing bucket are fetched to place the cut exactly
+      pass 2: copies of every row by hash ─► rows per shard (offsets) ─► groupby(shard)
+          ─► workers sort, number, write and hash each Parquet shard in the staging folder
+      driver: one entry per shard ─► manifest ─► commit (output.py)
 
-Everything is written under ``OUT.tmp-<pid>`` and renamed to ``OUT`` at the end, so a
-failed build leaves nothing half-written (and an older ``OUT`` intact). The same
-mixture, seed and inputs give the same bytes in every shard and the same
-``manifest_hash``, whatever the number of CPUs or blocks: every order is fixed by keys,
-never by task timing.
+The driver holds per-source totals and one entry per shard, never a row or a per-row
+statistic: its memory is O(sources + shards). Shard bytes, and so the manifest hash, are
+a pure function of the inputs, the mixture and the seed: every order is a hash, never
+task timing, so any number of CPUs, nodes or blocks gives the same corpus.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
+import pickle
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ogi_ray.canonical import file_sha256, hash_canonical, sha256_hex
+import numpy as np
+
+from ogi_ray.canonical import file_sha256, hash_canonical
 from ogi_ray.config import ConfigError, to_dict
+from ogi_ray.corpus import output
 from ogi_ray.corpus.config import MODALITIES, MixtureConfig, load_mixture
-from ogi_ray.corpus.license import gate_sources, load_policy
+from ogi_ray.corpus.license import LicensePolicy, gate_sources, load_policy
 from ogi_ray.corpus.manifest import SCHEMA_VERSION, seal
-from ogi_ray.corpus.mixing import MixingError, mixed_order, plan_mixture
-from ogi_ray.corpus.passes import copies_batch, driver_view, encode_batch, read_item
-from ogi_ray.corpus.sources import BUILDERS
-from ogi_ray.corpus.tokenize import SourceDataError, load_bpe, train_bpe
+from ogi_ray.corpus.mixing import MixingError, SourcePlan, crossing_bucket, plan_totals, take_prefix
+from ogi_ray.corpus.passes import BuildSpec, list_units, read_units, sample_texts
+from ogi_ray.corpus.shards import (
+    HELDOUT_PART,
+    TOKENS,
+    CopyPlan,
+    Totals,
+    block_stats,
+    bucket_rows,
+    copies,
+    part_counts,
+    write_part,
+)
+from ogi_ray.corpus.sources import kind_of
+from ogi_ray.corpus.text_tokenizer import TextTokenizer, load_pretrained, manifest_entry, train_bpe
+from ogi_ray.corpus.tokenize import SourceDataError
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "datasets" / "policy.yaml"
-PART_BYTES = 256 << 20  # bytes per sorted partition: a small corpus sorts as one block
-# Token rows up to this size are put in mixed order by the driver (see _ordered_batches).
-DRIVER_ORDER_BYTES = 1 << 30
 
 
-def _gate(
-    cfg: MixtureConfig, path: str | Path, policy_path: str | Path
-) -> tuple[list, list, dict, dict[str, float]]:
-    policy = load_policy(policy_path)
-    included, excluded = gate_sources(cfg.sources, policy, file=path)
+@dataclass
+class BuildPlan:
+    """A validated build, ready to run on Ray."""
+
+    cfg: MixtureConfig
+    mixture: str
+    policy: LicensePolicy
+    policy_info: dict[str, str]
+    included: list
+    excluded: list[dict[str, Any]]
+    shares: dict[str, float]
+    out: output.OutDir
+    tokenizer: TextTokenizer | None  # None: a BPE is trained on a sample
+
+
+def _shares(cfg: MixtureConfig, path: str, included: list, excluded: list) -> dict[str, float]:
     if not included:
         raise ConfigError(path, "sources", "the license gate excluded every source")
     total = sum(s.share for s in included)
     if cfg.mixing.renormalize_after_gate:
-        shares = {s.name: s.share / total for s in included}
-    elif abs(total - 1.0) > 1e-6:
+        return {s.name: s.share / total for s in included}
+    if abs(total - 1.0) > 1e-6:
         names = ", ".join(f"{e['name']} ({e['reason']})" for e in excluded) or "none"
-        raise ConfigError(
-            path, "sources",
-            f"shares of the admitted sources must sum to 1, they sum to {total:.6f} "
-            f"(excluded by license: {names}; set mixing.renormalize_after_gate to rescale)",
-        )  # fmt: skip
-    else:
-        shares = {s.name: s.share for s in included}
-    info = {"policy": policy.name, "policy_sha256": file_sha256(policy_path)}
-    return included, excluded, info, shares
+        raise ConfigError(path, "sources",
+                          f"shares of the admitted sources must sum to 1, they sum to {total:.6f} "
+                          f"(excluded by license: {names}; set mixing.renormalize_after_gate to rescale)")  # fmt: skip
+    return {s.name: s.share for s in included}
 
 
-def _items(included: list, path: str | Path) -> list[dict[str, Any]]:
-    """Item rows, interleaved across sources so every block mixes cheap and costly items."""
-    per_source = []
-    for s in included:
-        try:
-            its = BUILDERS[s.kind].items(s.params)
-        except Exception as e:
-            raise SourceDataError(s.name, None, "params", f"cannot list items: {e}", file=path) from e
-        if not its:
-            raise ConfigError(path, f"sources.{s.name}", "source lists no items (empty source)")
-        per_source.append([{"source": s.name, "item": it, "item_index": i} for i, it in enumerate(its)])
-    rows = [r for group in per_source for r in group]
-    return sorted(rows, key=lambda r: (r["item_index"], r["source"]))
-
-
-def _raise_errors(view: Any, path: str | Path) -> None:
-    errs = view[view["error"] != ""].sort_values(["source", "item_index"])
-    if len(errs):
-        e = errs.iloc[0]
-        more = f" (and {len(errs) - 1} more failing items)" if len(errs) > 1 else ""
-        raise SourceDataError(e["source"], e["item"], e["error_field"] or None,
-                              e["error"] + more, file=str(path))  # fmt: skip
-
-
-def _bpe_texts(view: Any, cfg: MixtureConfig, included: list) -> list[str]:
-    """A fixed prefix of each source's text, in item order: the same text every build."""
-    texts = view[view["text"] != ""].sort_values(["source", "item_index", "seq", "chunk"])
-    budget = {s.name: cfg.text_tokenizer.train_chars for s in included}
-    out = []
-    for source, text in zip(texts["source"], texts["text"], strict=True):
-        if budget[source] > 0:
-            out.append(text[: budget[source]])
-            budget[source] -= len(out[-1])
-    return out
-
-
-def _reused_tokenizer(mixture_path: str | Path, cfg: MixtureConfig) -> str:
-    """The tokenizer JSON named by ``text_tokenizer.reuse`` (a corpus folder or a file)."""
-    field = "text_tokenizer.reuse"
-    path = Path(mixture_path).parent / cfg.text_tokenizer.reuse
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise ConfigError(mixture_path, field, f"{path} does not exist")
-    tok_json = path.read_text(encoding="utf-8")
-    try:
-        size = load_bpe(tok_json).get_vocab_size()
-    except Exception as e:  # tokenizers raises its own exception types
-        raise ConfigError(mixture_path, field, f"{path} is not a tokenizer ({e})") from e
-    if size > cfg.text_tokenizer.vocab_size:
-        raise ConfigError(mixture_path, "text_tokenizer.vocab_size",
-                          f"{cfg.text_tokenizer.vocab_size} < the reused tokenizer's {size} ids ({path})")  # fmt: skip
-    return tok_json
-
-
-def _range_sorted(ds: Any, copies: dict, n_rows: int, shard_rows: int, est_bytes: float) -> Any:
-    """``ds`` expanded to its copies and sorted by ``position``.
-
-    The positions are known, so the sort gets its boundaries instead of sampling them,
-    at shard edges, and as few partitions as the data size needs: a SortShuffle with one
-    partition per input block (dozens) cost most of a small build.
-    """
-    n_shards = max(1, math.ceil(n_rows / shard_rows))
-    n_parts = max(1, min(n_shards, math.ceil(est_bytes / PART_BYTES)))
-    per = math.ceil(n_shards / n_parts) * shard_rows
-    bounds = [per * k for k in range(1, n_parts)] or [n_rows]  # [] would mean "sample"
-    expanded = ds.map_batches(copies_batch, fn_args=(copies,), batch_format="pyarrow")
-    return expanded.sort("position", boundaries=bounds)
-
-
-def _ordered_batches(
-    ds: Any, copies: dict, n_rows: int, shard_rows: int, unique_bytes: float
-) -> Iterator[Any]:
-    """Shard-sized Arrow tables of ``ds``'s copies, in ``position`` order.
-
-    Every byte of the shards passes through the driver, which writes them, so a corpus
-    whose unique rows fit ``DRIVER_ORDER_BYTES`` is ordered there: its blocks are
-    gathered once and each shard is one ``take`` of known row indices, with no shuffle.
-    Larger corpora go through Ray Data's range-partitioned sort (``_range_sorted``).
-    Both give the same rows in the same order, so the same bytes.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import ray
-
-    if unique_bytes > DRIVER_ORDER_BYTES:
-        sorted_ds = _range_sorted(ds, copies, n_rows, shard_rows, unique_bytes * n_rows / max(1, ds.count()))
-        yield from sorted_ds.iter_batches(batch_size=shard_rows, batch_format="pyarrow")
-        return
-    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
-    row_of = np.full(n_rows, -1, np.int64)  # position -> row index in ``table``
-    repeat_of = np.zeros(n_rows, np.int64)
-    keys = zip(table["source"].to_pylist(), table["row_key"].to_pylist(), strict=True)
-    for i, (s, k) in enumerate(keys):
-        reps, poss = copies.get(f"{s}|{k}", ((), ()))
-        row_of[list(poss)] = i
-        repeat_of[list(poss)] = reps
-    if (row_of < 0).any():
-        raise RuntimeError(f"{int((row_of < 0).sum())} planned rows are missing from the token rows")
-    for lo in range(0, n_rows, shard_rows):
-        hi = min(lo + shard_rows, n_rows)
-        part = table.take(pa.array(row_of[lo:hi]))
-        part = part.append_column("repeat", pa.array(repeat_of[lo:hi]))
-        yield part.append_column("position", pa.array(np.arange(lo, hi, dtype=np.int64)))
-
-
-def build_corpus(
-    mixture_path: str | Path,
-    out_dir: str | Path,
-    *,
-    policy_path: str | Path | None = None,
-    seed: int | None = None,
-) -> dict[str, Any]:
-    """Build the corpus described by ``mixture_path`` into ``out_dir``; returns the manifest.
-
-    Ray must be initialised by the caller (the CLI does ``ray.init()``).
-    """
-    import pyarrow.parquet as pq
-    import ray
-
-    cfg = load_mixture(mixture_path)
+def prepare_build(
+    mixture_path: str | Path, out_dir: str | Path, *, policy_path: str | Path | None = None,
+    seed: int | None = None, overwrite: bool = False,
+) -> BuildPlan:  # fmt: skip
+    """Load and check everything a build needs, without Ray; ConfigError names the field."""
+    path = str(mixture_path)
+    cfg = load_mixture(path)
     if seed is not None:
         cfg.seed = seed
     policy_path = Path(policy_path or DEFAULT_POLICY)
-    included, excluded, policy_info, shares = _gate(cfg, mixture_path, policy_path)
-    specs = {s.name: (s.kind, s.params) for s in included}
-    declared = {s.name: list(s.modalities) for s in included}
+    policy = load_policy(policy_path)
+    gated = [s for s in cfg.sources if s.license is not None]
+    ok, excluded = gate_sources(gated, policy, file=path)
+    included = [s for s in cfg.sources if s.license is None or s in ok]
+    shares = _shares(cfg, path, included, excluded)
+    index = {id(s): i for i, s in enumerate(cfg.sources)}
+    for s in included:  # inputs exist and are reachable (excluded sources are never read)
+        try:
+            kind_of(s.kind).check(s.params)
+        except ValueError as e:
+            key, _, msg = str(e).partition(": ")
+            raise ConfigError(path, f"sources[{index[id(s)]}].params.{key}", msg or str(e)) from e
+    tokenizer = None if cfg.text_tokenizer.kind == "bpe" and not cfg.text_tokenizer.reuse else load_pretrained(cfg.text_tokenizer, path)
+    out = output.check_out(str(out_dir), overwrite)
+    info = {"policy": policy.name, "policy_sha256": file_sha256(policy_path)}
+    return BuildPlan(cfg, path, policy, info, included, excluded, shares, out, tokenizer)
+
+
+def build_corpus(
+    mixture_path: str | Path, out_dir: str | Path, *, policy_path: str | Path | None = None,
+    seed: int | None = None, overwrite: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Build the corpus of ``mixture_path`` into ``out_dir`` (a path or URI); returns the
+    manifest. Ray must be initialised by the caller (the CLI does it after validating)."""
+    return run_build(prepare_build(mixture_path, out_dir, policy_path=policy_path, seed=seed, overwrite=overwrite))
+
+
+def _spec(plan: BuildPlan, tokenizer: TextTokenizer | None) -> BuildSpec:
+    c = plan.cfg
+    return BuildSpec({s.name: s for s in plan.included}, c.patches, c.text_tokenizer, tokenizer,
+                     dict(c.exchange_rates), c.seed, c.heldout_fraction, plan.policy)  # fmt: skip
+
+
+def _train_tokenizer(plan: BuildPlan) -> TextTokenizer:
+    """A BPE on each source's first ``train_chars`` characters (one Ray task per source)."""
+    import ray
+
+    spec, budget = _spec(plan, None), plan.cfg.text_tokenizer.train_chars
+    task = ray.remote(sample_texts)
+    texts = ray.get([task.remote(s, spec, budget) for s in plan.included])  # mixture order
+    flat = [t for per_source in texts for t in per_source]
+    if not flat:
+        raise ConfigError(plan.mixture, "sources", "no source has text to train the tokenizer on")
+    return train_bpe(flat, plan.cfg.text_tokenizer.vocab_size)
+
+
+def _pass1(plan: BuildPlan, spec: BuildSpec) -> Any:
+    import ray
+
+    units = ray.data.from_items([{"source": s.name} for s in plan.included]).flat_map(list_units, fn_args=(spec,))
+    units = units.materialize()
+    n = units.count()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    units = units.repartition(max(1, min(n, 4 * cpus)))
+    rows = units.map_batches(read_units, batch_size=1, batch_format="pyarrow", fn_args=(spec,))
+    return rows.materialize()
+
+
+def _totals(rows: Any) -> Totals:
+    totals = Totals()
+    for r in rows.map_batches(block_stats, batch_size=None, batch_format="pyarrow").iter_rows():
+        totals.add(pickle.loads(r["blob"]))  # one block's partial at a time
+    return totals
+
+
+def _raise_errors(plan: BuildPlan, totals: Totals) -> None:
+    if totals.errors:
+        order = {s.name: i for i, s in enumerate(plan.included)}
+        source, _unit, item, where, message = min(totals.errors, key=lambda e: (order[e[0]], *e[1:]))
+        more = f" (and {totals.n_errors - 1} more)" if totals.n_errors > 1 else ""
+        raise SourceDataError(source, item or None, None, message + more, file=plan.mixture, row=where or None)
+    for s in plan.included:
+        t = totals.sources.get(s.name)
+        if t is None or t.train_rows == 0:
+            why = ", ".join(f"{st} {r!r}: {n}" for (src, st, r), n in sorted(totals.counts.items()) if src == s.name)
+            raise ConfigError(plan.mixture, f"sources.{s.name}",
+                              f"source produced no rows (empty source){': ' + why if why else ''}")  # fmt: skip
+
+
+def _plan(plan: BuildPlan, totals: Totals, rows: Any) -> tuple[dict[str, SourcePlan], dict[str, np.ndarray]]:
+    """Per-source plans with the remainder cut placed exactly; and the selected raw tokens."""
+    rates = np.asarray([plan.cfg.exchange_rates.get(m, 0.0) for m in MODALITIES])
+    avail = {s.name: float(totals.sources[s.name].train_tok @ rates) for s in plan.included}
+    m = plan.cfg.mixing
+    try:
+        plans = plan_totals(avail, plan.shares, max_repeat=m.max_repeat, total=m.total_effective_tokens,
+                            allow_shortfall=m.allow_shortfall)  # fmt: skip
+    except MixingError as e:
+        raise ConfigError(plan.mixture, "mixing", str(e)) from e
+    selected, wanted, before = {}, {}, {}
+    for name, p in plans.items():
+        hist = totals.sources[name].hist  # (buckets, 1 + modalities): rows, tokens
+        b, acc = crossing_bucket(hist[:, 1:] @ rates, p.remainder)
+        p.bucket, selected[name] = b, hist[:b, 1:].sum(0)
+        if b < len(hist) and hist[b, 0] == 1:  # one row: decide without looking at it
+            e = float(hist[b, 1:] @ rates)
+            if abs(acc + e - p.remainder) < abs(acc - p.remainder):
+                p.bucket, selected[name] = b + 1, selected[name] + hist[b, 1:]
+        elif b < len(hist):
+            wanted[name], before[name] = b, acc
+    if wanted:
+        found = rows.map_batches(bucket_rows, batch_format="pyarrow", fn_args=(wanted,)).take_all()
+        for name in wanted:
+            mine = sorted((r["h_sel"], r["row_key"], np.asarray([r[c] for c in TOKENS], np.int64))
+                          for r in found if r["source"] == name)  # fmt: skip
+            k = take_prefix([float(t @ rates) for _, _, t in mine], before[name], plans[name].remainder)
+            if k:
+                plans[name].upto, plans[name].prefix_rows = (mine[k - 1][0], mine[k - 1][1]), k
+                selected[name] = selected[name] + sum(t for _, _, t in mine[:k])
+    for name, p in plans.items():
+        p.selected = float(selected[name] @ rates)
+    return plans, selected
+
+
+def run_build(plan: BuildPlan) -> dict[str, Any]:
+    """Run a prepared build on the current Ray cluster; returns the sealed manifest."""
+    import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # determinism: order never depends on timing
+    saved = ctx.shuffle_strategy
+    # Sort-based shuffle for the one groupby: on small clusters the hash shuffle's
+    # aggregator actors cost seconds to start (measured: docs/ray-notes.md).
+    ctx.shuffle_strategy = "sort_shuffle_pull_based"
+    try:
+        return _run(plan)
+    finally:
+        ctx.shuffle_strategy = saved
 
-    item_rows = _items(included, mixture_path)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    n_blocks = max(1, min(len(item_rows), 4 * cpus))
-    items_ds = ray.data.from_items(item_rows, override_num_blocks=n_blocks)
 
+def _run(plan: BuildPlan) -> dict[str, Any]:
+    cfg = plan.cfg
     t0 = time.perf_counter()
-    # Pass 1: read each item once; everything but text is tokenized here.
-    stage1 = items_ds.flat_map(read_item, fn_args=(specs, to_dict(cfg.patches), declared))
-    stage1 = stage1.materialize()
-    view = stage1.map_batches(driver_view, batch_format="pyarrow").to_pandas()
-    _raise_errors(view, mixture_path)
-    if cfg.text_tokenizer.reuse:
-        tok_json = _reused_tokenizer(mixture_path, cfg)
-    else:
-        train_texts = _bpe_texts(view, cfg, included)
-        if not train_texts:
-            raise ConfigError(mixture_path, "sources", "no source has text to train the tokenizer on")
-        tok_json = train_bpe(train_texts, cfg.text_tokenizer)
-        del train_texts
-    del view
+    tok = plan.tokenizer or _train_tokenizer(plan)
+    spec = _spec(plan, tok)
+    rows = _pass1(plan, spec)
+    totals = _totals(rows)
+    _raise_errors(plan, totals)
+    plans, selected = _plan(plan, totals, rows)
     t1 = time.perf_counter()
-    log.info("corpus pass 1 (read, media tokens, BPE): %.1f s", t1 - t0)
-
-    # Pass 2: text ids, text-only rows split, counts.
-    rows_ds = stage1.map_batches(
-        encode_batch, batch_format="pyarrow",
-        fn_args=(tok_json, to_dict(cfg.text_tokenizer), cfg.exchange_rates),
-    ).materialize()  # fmt: skip
-    del stage1
-    count_cols = [f"tokens_{m}" for m in MODALITIES]
-    stats = rows_ds.select_columns(["source", "row_key", "raw_hash", "effective_tokens", *count_cols])
-    # Sorted by key: the plan must not depend on the order blocks came back in.
-    stats = stats.to_pandas().sort_values(["source", "row_key"], ignore_index=True)
-    for s in included:
-        if not (stats["source"] == s.name).any():
-            raise ConfigError(mixture_path, f"sources.{s.name}", "source produced no rows (empty source)")
-
-    # Held-out documents (for evals) are chosen by a seeded hash of the document's key
-    # (the row key without its chunk number), so no document is split between the
-    # splits; held-out rows are never mixed.
-    h = stats["row_key"].map(
-        lambda k: int(sha256_hex(f"{cfg.seed}|heldout|{k.rsplit('/', 1)[0]}".encode())[:8], 16)
-    )
-    stats["heldout"] = (h / 0xFFFFFFFF) < cfg.heldout_fraction
-    train = stats[~stats["heldout"]]
-    by_source = {s.name: train[train["source"] == s.name] for s in included}
-    eff = {n: t["effective_tokens"].to_numpy() for n, t in by_source.items()}
+    log.info("corpus pass 1 (read, gate, tokenize, pack, totals, plan): %.1f s", t1 - t0)
+    n_train = sum(p.full * totals.sources[n].train_rows + _selected_rows(p, totals.sources[n].hist) for n, p in plans.items())
+    n_held = sum(t.held_rows for t in totals.sources.values())
+    cp = CopyPlan(plans, max(1, math.ceil(n_train / cfg.shard_rows)), max(1, math.ceil(n_held / cfg.shard_rows)), cfg.seed)
+    counts: dict[int, int] = {}
+    for r in rows.map_batches(part_counts, batch_size=None, batch_format="pyarrow", fn_args=(cp,)).iter_rows():
+        for part, n in pickle.loads(r["blob"]).items():
+            counts[part] = counts.get(part, 0) + n
+    offsets, acc = {}, {False: 0, True: 0}
+    for part in sorted(counts):  # global positions: shards in order, each split from 0
+        held = part >= HELDOUT_PART
+        offsets[part], acc[held] = acc[held], acc[held] + counts[part]
+    stage = output.staging(plan.out)
     try:
-        plans = plan_mixture(
-            eff, shares, seed=cfg.seed, max_repeat=cfg.mixing.max_repeat,
-            total=cfg.mixing.total_effective_tokens, allow_shortfall=cfg.mixing.allow_shortfall,
-        )  # fmt: skip
-    except MixingError as e:
-        raise ConfigError(mixture_path, "mixing", str(e)) from e
-    keys, counts = [], []
-    for name, t in by_source.items():
-        keys += [(name, k) for k in t["row_key"]]
-        counts += plans[name].counts.tolist()
-    copies = mixed_order(keys, counts, cfg.seed)
-    n_train = sum(counts)
-    t2 = time.perf_counter()
-    log.info("corpus pass 2 (text tokens, counts, plan): %.1f s", t2 - t1)
-    held = stats[stats["heldout"]]  # already in (source, row_key) order: its own order
-    held_copies = {f"{s}|{k}": ([0], [i]) for i, (s, k) in enumerate(zip(held["source"], held["row_key"], strict=True))}
+        from ogi_ray.corpus import fsio
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "shards").mkdir(parents=True)
-    try:
-        (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        unique_bytes = rows_ds.size_bytes()
-
-        def write_split(ds: Any, folder: str, n_rows: int) -> list[dict[str, Any]]:
-            (tmp / folder).mkdir(exist_ok=True)
-            which = held_copies if folder == "heldout" else copies
-            batches = _ordered_batches(ds, which, n_rows, cfg.shard_rows, unique_bytes)
-            entries, offset = [], 0
-            for i, batch in enumerate(batches):
-                # One chunk per column: the Parquet bytes must not depend on how Ray cut blocks.
-                table = batch.combine_chunks()
-                # position: the row's global index in the mixed order (the data cursor unit).
-                if table["position"][0].as_py() != offset:
-                    raise RuntimeError(f"{folder}: rows out of order at position {offset}")
-                offset += table.num_rows
-                table = table.select(sorted(table.column_names))  # stable column order
-                rel = f"{folder}/part-{i:05d}.parquet"
-                pq.write_table(table, tmp / rel, compression="zstd")
-                entries.append({
-                    "path": rel, "sha256": file_sha256(tmp / rel), "rows": table.num_rows,
-                    # fsum: exact, so the total does not depend on summation order
-                    "effective_tokens": math.fsum(table["effective_tokens"].to_pylist()),
-                })  # fmt: skip
-            if offset != n_rows:
-                raise RuntimeError(f"{folder}: wrote {offset} rows, the plan has {n_rows}")
-            return entries
-
-        shards = write_split(rows_ds, "shards", n_train)
-        heldout = write_split(rows_ds, "heldout", len(held)) if len(held) else []
-        log.info("corpus pass 3 (expand, sort, write): %.1f s", time.perf_counter() - t2)
-        manifest = _manifest(cfg, mixture_path, included, excluded, policy_info, shares, plans,
-                             stats, shards, heldout, tok_json)  # fmt: skip
+        fsio.write_bytes(fsio.join(stage, tok.file), tok.data)
+        written = (rows.map_batches(copies, batch_format="pyarrow", fn_args=(cp,))
+                   .groupby("part").map_groups(write_part, batch_format="pyarrow", fn_args=(offsets, stage))
+                   .take_all())  # fmt: skip
+        written.sort(key=lambda e: e["part"])
+        if sum(e["rows"] for e in written) != n_train + n_held:
+            raise RuntimeError(f"wrote {sum(e['rows'] for e in written)} rows, the plan has {n_train + n_held}")
+        log.info("corpus pass 2 (copies, shuffle, write): %.1f s", time.perf_counter() - t1)
+        manifest = _manifest(plan, tok, plans, selected, totals, written)
         text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
-        (tmp / "manifest.json").write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            trash = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(trash)
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        files = [e["path"] for e in written] + [tok.file]
+        output.commit(plan.out, stage, files, text)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        output.abort(plan.out, stage)
         raise
     return manifest
 
 
+def _selected_rows(p: SourcePlan, hist: np.ndarray) -> int:
+    """Remainder rows taken: whole buckets below the cut, plus the crossing bucket's prefix."""
+    return int(hist[: p.bucket, 0].sum()) + (p.prefix_rows if p.upto is not None else 0)
+
+
 def _manifest(
-    cfg: MixtureConfig, mixture_path: Any, included: list, excluded: list, policy_info: dict,
-    shares: dict[str, float], plans: dict, stats: Any, shards: list, heldout: list, tok_json: str,
+    plan: BuildPlan, tok: TextTokenizer, plans: dict[str, SourcePlan], selected: dict[str, np.ndarray],
+    totals: Totals, written: list[dict[str, Any]],
 ) -> dict[str, Any]:  # fmt: skip
-    total_eff = sum(p.realized for p in plans.values())
+    cfg, rates = plan.cfg, plan.cfg.exchange_rates
+    mixed: dict[str, dict[str, int]] = {}  # per source, from the shards as written
+    for e in written:
+        if e["part"] < HELDOUT_PART:
+            for name, st in json.loads(e["stats"]).items():
+                acc = mixed.setdefault(name, {})
+                for k, v in st.items():
+                    acc[k] = acc.get(k, 0) + v
+    eff = {n: sum(mixed[n][f"tokens_{m}"] * rates.get(m, 0.0) for m in MODALITIES) for n in plans}
+    total_eff = sum(eff.values())
     sources = []
-    for s in included:
-        p = plans[s.name]
-        mine_all = stats[stats["source"] == s.name]
-        mine = mine_all[~mine_all["heldout"]]
-        mix_counts = p.counts
-        by_mod = {m: int((mine[f"tokens_{m}"].to_numpy() * mix_counts).sum()) for m in s.modalities}
-        digest = hashlib.sha256()
-        for k, rh in sorted(zip(mine_all["row_key"], mine_all["raw_hash"], strict=True)):
-            digest.update(f"{k}\0{rh}\n".encode())
+    for s in plan.included:
+        p, t, got = plans[s.name], totals.sources[s.name], mixed[s.name]
+        if not math.isclose(eff[s.name], p.realized, rel_tol=1e-9, abs_tol=1e-6):
+            raise RuntimeError(f"source {s.name}: shards hold {eff[s.name]} effective tokens, the plan {p.realized}")
+        by_mod = {m: int(got[f"tokens_{m}"]) for m in s.modalities}
+        held = {m: int(x) for m, x in zip(MODALITIES, t.held_tok, strict=True)}
+        counts = {st: {r: n for (src, st2, r), n in sorted(totals.counts.items()) if src == s.name and st2 == st}
+                  for st in ("excluded", "skipped")}  # fmt: skip
         sources.append({
-            "name": s.name, "kind": s.kind, "license": s.license, "location": s.location,
-            "modalities": list(s.modalities), "params_hash": hash_canonical(s.params),
-            "declared_share": round(s.share, 12), "target_share": round(shares[s.name], 12),
-            "realized_share": round(p.realized / total_eff, 12),
-            "effective_tokens": round(p.realized, 6), "available_effective_tokens": round(p.available, 6),
-            "target_effective_tokens": round(p.target, 6), "shortfall_effective_tokens": round(p.shortfall, 6),
-            "repeat_factor": round(p.repeats, 9), "rows": int(mix_counts.sum()),
-            "unique_rows": int((mix_counts > 0).sum()), "heldout_rows": int(mine_all["heldout"].sum()),
-            "heldout_effective_tokens": round(math.fsum(mine_all.loc[mine_all["heldout"], "effective_tokens"]), 6),
-            "tokens_by_modality": by_mod, "input_hash": digest.hexdigest(),
-            "effective_by_modality": {m: round(n * cfg.exchange_rates[m], 6) for m, n in by_mod.items()},
+            "name": s.name, "kind": s.kind, "license": s.license or "", "location": s.location,
+            "license_field": getattr(s.params, "license_field", "") or "", "on_error": s.on_error,
+            "modalities": list(s.modalities), "params_hash": hash_canonical(to_dict(s.params)),
+            "declared_share": round(s.share, 12), "target_share": round(plan.shares[s.name], 12),
+            "realized_share": round(eff[s.name] / total_eff, 12), "effective_tokens": round(eff[s.name], 6),
+            "available_effective_tokens": round(p.available, 6), "target_effective_tokens": round(p.target, 6),
+            "shortfall_effective_tokens": round(p.shortfall, 6), "repeat_factor": round(p.repeats, 9),
+            "rows": got["rows"], "unique_rows": got["unique_rows"], "heldout_rows": t.held_rows,
+            "heldout_effective_tokens": round(sum(held[m] * rates.get(m, 0.0) for m in MODALITIES), 6),
+            "tokens_by_modality": by_mod, "effective_by_modality": {m: round(n * rates[m], 6) for m, n in by_mod.items()},
+            "input_hash": f"{t.fingerprint:064x}", "excluded_rows": counts["excluded"], "skipped_rows": counts["skipped"],
         })  # fmt: skip
+    shards = [{k: e[k] for k in ("path", "sha256", "rows", "effective_tokens")} for e in written]
+    body = {
+        "schema_version": SCHEMA_VERSION, "hash_algorithm": "sha256", "name": cfg.name,
+        "mixture_sha256": file_sha256(plan.mixture), "seed": cfg.seed,
+        "exchange_rates": dict(sorted(rates.items())), **plan.policy_info,
+        "mixing": to_dict(cfg.mixing), "heldout_fraction": cfg.heldout_fraction, "shard_rows": cfg.shard_rows,
+        "sources": sources, "excluded": plan.excluded,
+        "shards": [e for e, w in zip(shards, written, strict=True) if w["part"] < HELDOUT_PART],
+        "heldout_shards": [e for e, w in zip(shards, written, strict=True) if w["part"] >= HELDOUT_PART],
+        "tokenizers": _tokenizers(cfg, tok), "total_effective_tokens": round(total_eff, 6),
+    }  # fmt: skip
+    body["total_rows"] = sum(e["rows"] for e in body["shards"])
+    return seal(body)
+
+
+def _tokenizers(cfg: MixtureConfig, tok: TextTokenizer) -> dict[str, Any]:
     pc = cfg.patches
-    tokenizers = {
-        "text": {"name": "bpe-bytelevel (HF tokenizers)", "vocab_size": cfg.text_tokenizer.vocab_size,
-                 "file": "tokenizer.json", "sha256": sha256_hex(tok_json.encode("utf-8")),
-                 "max_tokens": cfg.text_tokenizer.max_tokens, "dtype": "int32"},
+    out = {
+        "text": manifest_entry(tok, cfg.text_tokenizer),
         "image": {"name": "rgb-patch", "size": pc.size, "patch": pc.patch, "dtype": "uint8", "dim": pc.patch * pc.patch * 3},
         "video": {"name": "rgb-tubelet", "size": pc.size, "patch": pc.patch, "frames": pc.frames_per_tubelet,
                   "dtype": "uint8", "dim": pc.frames_per_tubelet * pc.patch * pc.patch * 3,
@@ -368,15 +343,6 @@ def _manifest(
         "proprio": {"name": "timestep-vector", "dtype": "float32", "max_steps": pc.max_steps},
         "action": {"name": "timestep-vector", "dtype": "float32", "max_steps": pc.max_steps},
     }  # fmt: skip
-    for t in tokenizers.values():
+    for t in out.values():
         t.setdefault("sha256", hash_canonical(t))
-    body = {
-        "schema_version": SCHEMA_VERSION, "hash_algorithm": "sha256", "name": cfg.name,
-        "mixture_sha256": file_sha256(mixture_path), "seed": cfg.seed,
-        "exchange_rates": dict(sorted(cfg.exchange_rates.items())), **policy_info,
-        "mixing": to_dict(cfg.mixing), "heldout_fraction": cfg.heldout_fraction,
-        "sources": sources, "excluded": excluded, "shards": shards, "heldout_shards": heldout,
-        "tokenizers": tokenizers, "total_effective_tokens": round(total_eff, 6),
-        "total_rows": sum(e["rows"] for e in shards),
-    }  # fmt: skip
-    return seal(body)
+    return out

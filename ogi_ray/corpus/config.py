@@ -1,8 +1,10 @@
 """Typed configuration of a corpus build: the mixture file (`datasets/*.yaml`).
 
-A mixture names its sources (kind, share, modalities, SPDX license, builder params),
+A mixture names its sources (kind, share, modalities, SPDX license, the kind's params),
 the per-modality exchange rates that turn raw tokens into effective tokens, the
-tokenizer settings and the mixing rules. ``load_mixture`` validates it once.
+tokenizer settings and the mixing rules. ``load_mixture`` validates it once, before
+anything starts: every field, each source's params against its kind's ``Params``
+dataclass (``sources[i].params.KEY``), and each SPDX expression (``sources[i].license``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ogi_ray.config import ConfigError, from_dict, load_yaml
 
@@ -23,9 +25,15 @@ class SourceConfig:
     kind: str
     share: float
     modalities: list[str]
-    license: str | None = None
+    license: str | None = None  # SPDX expression of the whole source
     location: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
+    # The kind's params: a mapping in the file, the kind's validated Params after loading.
+    params: Any = field(default_factory=dict)
+    # A bad row (malformed line, undecodable image, ...) fails the build, or with "skip"
+    # is left out and counted per reason in the manifest.
+    on_error: Literal["fail", "skip"] = "fail"
+    task_items: int | None = None  # items per Ray task (default: the kind's TASK_ITEMS)
+    task_mb: float = 64.0  # and at most this many MB of input files per task
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -35,15 +43,32 @@ class SourceConfig:
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise ValueError(f"modalities: unknown {bad} (allowed: {list(MODALITIES)})")
+        if self.task_items is not None and self.task_items < 1:
+            raise ValueError("task_items: must be >= 1")
+        if not self.task_mb > 0:
+            raise ValueError("task_mb: must be > 0")
 
 
 @dataclass(kw_only=True)
 class TextTokenizerConfig:
-    """Byte-level BPE trained on the corpus' own text (deterministic; see tokenize.py)."""
+    """The text tokenizer (text_tokenizer.py): a byte-level BPE trained on a bounded
+    sample of the corpus' own text, or a pretrained file; and how text becomes rows."""
 
-    vocab_size: int = 4096
-    train_chars: int = 2_000_000  # characters sampled per source to train the BPE
-    max_tokens: int = 256  # longer documents are split into rows of this many tokens
+    kind: Literal["bpe", "hf", "tiktoken"] = "bpe"
+    file: str = ""  # hf: a tokenizer.json; tiktoken: a BPE file (relative to the mixture)
+    pattern: str = ""  # tiktoken: split regex, or a preset name (r50k_base, p50k_base, gpt2)
+    special_tokens: dict[str, int] = field(default_factory=dict)  # tiktoken: token -> id
+    # Token strings whose ids become bos_id / eos_id / pad_id (bpe: its trained specials).
+    bos_token: str = ""
+    eos_token: str = ""
+    pad_token: str = ""
+    vocab_size: int = 4096  # bpe: the trained vocabulary (pretrained: the file's own)
+    train_chars: int = 2_000_000  # bpe: characters sampled per source to train on
+    # Row length: packed text rows hold this many tokens; captions are cut to it.
+    max_tokens: int = 256
+    # Text-only documents are packed: joined with EOS into rows of max_tokens tokens
+    # (``text_doc_lens`` keeps the boundaries). false: each document's own rows.
+    pack: bool = True
     # Reuse another corpus' tokenizer instead of training one: a built corpus folder (its
     # tokenizer.json) or a tokenizer.json file, relative to the mixture file. Phases of
     # one run need one vocabulary, so each phase's corpus reuses the first one's.
@@ -54,6 +79,17 @@ class TextTokenizerConfig:
             raise ValueError("vocab_size: must be >= 300 (256 bytes + specials + merges)")
         if self.max_tokens < 8:
             raise ValueError("max_tokens: must be >= 8")
+        if self.train_chars < 1:
+            raise ValueError("train_chars: must be >= 1")
+        if self.kind != "bpe" and self.reuse:
+            raise ValueError("reuse: only with kind bpe (a pretrained file is named by file)")
+        if self.kind == "bpe":
+            from ogi_ray.corpus.text_tokenizer import BPE_SPECIALS
+
+            for k, v in BPE_SPECIALS.items():
+                if getattr(self, k) not in ("", v):
+                    raise ValueError(f"{k}: a trained BPE's is {v!r}")
+                setattr(self, k, v)
 
 
 @dataclass(kw_only=True)
@@ -122,14 +158,30 @@ class MixtureConfig:
 
 
 def load_mixture(path: str | Path) -> MixtureConfig:
-    """Load and validate a mixture YAML; errors name the file and the field."""
+    """Load and validate a mixture YAML; errors name the file and the field.
+
+    Each source's ``params`` become its kind's validated ``Params`` (paths made absolute,
+    relative ones against the mixture file's folder); each ``license`` must be a valid
+    SPDX expression, and a source needs one unless its rows carry one (``license_field``).
+    """
+    from ogi_ray.corpus.license import spdx_error
+    from ogi_ray.corpus.sources import kind_of  # local: sources import heavy packages lazily
+
     data = load_yaml(path)
     cfg = from_dict(MixtureConfig, data, file=path)
-    from ogi_ray.corpus.sources import BUILDERS  # local: sources import heavy packages lazily
-
+    base = str(Path(path).resolve().parent)
     for i, s in enumerate(cfg.sources):
-        if s.kind not in BUILDERS:
-            raise ConfigError(
-                path, f"sources[{i}].kind", f"unknown source kind {s.kind!r} (known: {sorted(BUILDERS)})"
-            )
+        try:
+            kind = kind_of(s.kind)
+        except ValueError as e:
+            raise ConfigError(path, f"sources[{i}].kind", str(e)) from e
+        s.params = kind.prepare(from_dict(kind.mod().Params, s.params, file=path, prefix=f"sources[{i}].params"), base)
+        per_row = bool(getattr(s.params, "license_field", ""))
+        if s.license is None or not str(s.license).strip():
+            if not per_row:
+                raise ConfigError(path, f"sources[{i}].license",
+                                  "missing: an SPDX expression is required (or params.license_field for per-row licenses)")  # fmt: skip
+            s.license = None
+        elif err := spdx_error(s.license):
+            raise ConfigError(path, f"sources[{i}].license", f"not a valid SPDX expression: {err}")
     return cfg

@@ -1,28 +1,43 @@
-"""Human-readable view of a built corpus: target vs realised shares, tokens by modality."""
+"""Human-readable view of a built corpus: target vs realised shares, tokens by modality,
+rows excluded by license and skipped as bad, and what was verified. Columns are as wide
+as their longest value: nothing is cut."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ogi_ray.corpus.config import MODALITIES
 from ogi_ray.corpus.manifest import load_manifest
 
 
-def table(corpus_dir: str | Path) -> str:
-    m = load_manifest(corpus_dir)
+def _grid(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = [(str.rjust if i in right else str.ljust) for i in range(len(widths))]
+    lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, r, widths, strict=True)).rstrip() for r in rows]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
+def table(corpus_dir: str | Path, *, manifest: dict[str, Any] | None = None, verified: str = "") -> str:
+    m = manifest or load_manifest(corpus_dir)
     mods = [x for x in MODALITIES if any(x in s["tokens_by_modality"] for s in m["sources"])]
-    head = f"{'source':<14}{'license':<34}{'target':>8}{'realised':>10}{'effective':>12}{'repeat':>8}" + "".join(
-        f"{x:>10}" for x in mods
-    )
-    lines = [f"corpus {m['name']}  manifest_hash {m['manifest_hash']}", head, "-" * len(head)]
+    rows = [["source", "license", "target", "realised", "effective", "repeat", *mods]]
     for s in m["sources"]:
-        lines.append(
-            f"{s['name']:<14}{s['license'][:33]:<34}{100 * s['target_share']:>7.2f}%"
-            f"{100 * s['realized_share']:>9.2f}%{s['effective_tokens']:>12.0f}{s['repeat_factor']:>8.2f}"
-            + "".join(f"{s['tokens_by_modality'].get(x, 0):>10}" for x in mods)
-        )
+        lic = s["license"] or ""
+        if s.get("license_field"):
+            lic = (lic + " + " if lic else "") + f"per row ({s['license_field']})"
+        rows.append([s["name"], lic, f"{100 * s['target_share']:.2f}%", f"{100 * s['realized_share']:.2f}%",
+                     f"{s['effective_tokens']:.0f}", f"{s['repeat_factor']:.2f}",
+                     *(str(s["tokens_by_modality"].get(x, 0)) for x in mods)])  # fmt: skip
+    lines = [f"corpus {m['name']}  manifest_hash {m['manifest_hash']}", *_grid(rows, set(range(2, len(rows[0]))))]
     for e in m.get("excluded", []):
-        lines.append(f"{e['name']:<14}{e['license'][:33]:<34}  EXCLUDED: {e['reason']}")
+        lines.append(f"EXCLUDED source {e['name']} ({e['license']}): {e['reason']}")
+    for s in m["sources"]:
+        for key, label in (("excluded_rows", "rows excluded by license"), ("skipped_rows", "bad rows skipped")):
+            for reason, n in sorted(s.get(key, {}).items()):
+                lines.append(f"{s['name']}: {n} {label}: {reason}")
     lines.append(f"rates {m['exchange_rates']}; {m['total_rows']} rows in {len(m['shards'])} shards; "
                  f"{len(m.get('heldout_shards', []))} held-out shards; seed {m['seed']}")  # fmt: skip
+    if verified:
+        lines.append(f"verified: {verified}")
     return "\n".join(lines)

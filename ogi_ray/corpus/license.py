@@ -4,8 +4,16 @@ The policy (``datasets/policy.yaml``) lists ``allowed`` and ``denied`` SPDX lice
 A source's ``license`` is an SPDX expression parsed by ``license-expression`` against
 the SPDX license list (aliases such as ``GPL-2.0+`` are normalised to their canonical
 keys). The expression is evaluated as logic: ``A AND B`` needs both licenses usable,
-``A OR B`` needs either; a license is usable when it is allowed and not denied. A
-missing, unparsable or unknown-id license excludes the source, with the reason.
+``A OR B`` needs either; a license is usable when it is allowed and not denied.
+
+Two levels, one evaluation:
+
+* a source's ``license``: validated when the mixture loads (not valid SPDX is a
+  ConfigError at ``sources[i].license``); a valid expression the policy denies excludes
+  the source (``gate_sources``), and the manifest lists it with the reason;
+* a row's license (a source's ``license_field``, as Common Pile and The Stack v2 filter
+  per document): ``row_verdict`` in the Ray workers, cached per distinct expression; a
+  missing, unparsable or denied row never reaches a shard and is counted per reason.
 """
 
 from __future__ import annotations
@@ -37,6 +45,12 @@ def _licensing() -> Any:
     from license_expression import get_spdx_licensing
 
     return get_spdx_licensing()
+
+
+def spdx_error(expression: str) -> str | None:
+    """The SPDX parser's message when ``expression`` is not a valid expression, else None."""
+    errors = _licensing().validate(expression).errors
+    return "; ".join(errors) if errors else None
 
 
 def _key(expr: str) -> str:
@@ -102,3 +116,21 @@ def gate_sources(
                 raise ConfigError(file, f"sources[{i}].license", v.reason)
             excluded.append({"name": s.name, "license": s.license or "", "reason": v.reason})
     return included, excluded
+
+
+@cache
+def _row_verdict(expression: str, allowed: tuple[str, ...], denied: tuple[str, ...], name: str) -> str | None:
+    v = check_license(expression, LicensePolicy(name=name, allowed=list(allowed), denied=list(denied)))
+    if v.allowed:
+        return None
+    if v.normalized is None:
+        return "missing license" if not str(expression).strip() else "invalid SPDX expression"
+    return v.reason
+
+
+def row_verdict(expression: str | None, policy: LicensePolicy) -> str | None:
+    """None when a row's license is usable under ``policy``, else the exclusion reason
+    (a bounded set: "missing license", "invalid SPDX expression", or the policy verdict)."""
+    if expression is None or not str(expression).strip():
+        return "missing license"
+    return _row_verdict(str(expression), tuple(policy.allowed), tuple(policy.denied), policy.name)

@@ -1,6 +1,6 @@
 """Per-modality tokenizers: raw samples → token rows with raw and effective counts.
 
-    RawSample ─► text:    byte-level BPE ids + EOS       (n_text tokens)
+    RawSample ─► text:    the corpus tokenizer's ids + EOS (text_tokenizer.py)
                ─► image:   resize S×S, P×P RGB patches    (n = (S/P)², each 3·P² uint8)
                ─► video:   tubelets of F frames × P×P     (n = T/F · (S/P)², each 3·F·P² uint8)
                ─► audio:   frames of K samples @16 kHz    (n = ⌈len/K⌉, each K float32)
@@ -8,7 +8,10 @@
 
 A sample becomes one or more rows, the unit the mixer counts and the trainer reads:
 
-* text only: chunks of ``max_tokens`` tokens;
+* text only: packed (``pack_rows``): documents joined with EOS into rows of exactly
+  ``max_tokens`` tokens (the last row of a Ray task's stream may be shorter), with the
+  document lengths of each row in ``text_doc_lens``; or, unpacked, each document's
+  chunks of ``max_tokens`` tokens;
 * an image (+ caption): one row;
 * time series (video, audio, proprio, action): cut along time into rows that respect
   every per-row limit (``max_tubelets``, ``max_steps``, ``max_audio_frames``). The cuts
@@ -18,20 +21,17 @@ A sample becomes one or more rows, the unit the mixer counts and the trainer rea
 
 ``effective_tokens`` = Σ_modality count × exchange rate (DESIGN decision 1).
 
-The work is split in two stages so the build reads each item once (see build.py):
-``media_rows`` (everything but text; no BPE needed) and ``text_rows`` (adds the BPE ids,
-splits text-only rows, counts). ``tokenize_sample`` runs both for one sample.
-
-The BPE is trained on the corpus' own text (HF ``tokenizers``; its training was checked
-to be deterministic across runs and thread counts) and its JSON is hashed into the
-manifest, so a tokenizer change is a different corpus.
+``media_rows`` tokenizes everything but text; ``text_rows`` adds a row's text ids and its
+counts; ``pack_rows`` packs text-only documents. ``tokenize_sample`` runs the unpacked
+path for one sample (tests, the benchmark's plain loop).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,6 @@ import numpy as np
 from ogi_ray.corpus.config import MODALITIES, PatchConfig, TextTokenizerConfig
 from ogi_ray.corpus.manifest import CorpusError
 
-PAD, EOS = "<|pad|>", "<|eos|>"
-PAD_ID, EOS_ID = 0, 1
 _UINT8 = ("image_patches", "video_tubelets")
 _COUNTED = (("image_patches", "image"), ("video_tubelets", "video"), ("audio_frames", "audio"),
             ("proprio", "proprio"), ("action", "action"))  # fmt: skip
@@ -52,51 +50,19 @@ class SourceDataError(CorpusError):
 
     def __init__(
         self, source: str, item: str | None, field: str | None, message: str,
-        file: str | None = None,
+        file: str | None = None, row: str | None = None,
     ) -> None:  # fmt: skip
         self.source, self.item, self.field, self.message = source, item, field, message
         self.file = str(file) if file is not None else None
+        self.row = row
         where = (f"{self.file}: " if self.file else "") + f"source {source!r}"
         where += f", item {item!r}" if item is not None else ""
+        where += f", {row}" if row else ""
         where += f", field {field!r}" if field else ""
         super().__init__(f"{where}: {message}")
 
     def __reduce__(self) -> tuple:  # Ray pickles task errors: keep every attribute
-        return (type(self), (self.source, self.item, self.field, self.message, self.file))
-
-
-def train_bpe(texts: Iterable[str], cfg: TextTokenizerConfig) -> str:
-    """Train a byte-level BPE on ``texts``; returns the tokenizer JSON (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
-        special_tokens=[PAD, EOS],  # ids 0 and 1
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok.to_str()
-
-
-def load_bpe(tokenizer_json: str) -> Any:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_str(tokenizer_json)
-
-
-def encode_texts(bpe: Any, texts: list[str]) -> list[np.ndarray]:
-    """int32 ids + EOS for each text ('' gives no ids). One batched call: the Rust side
-    runs it in parallel, and batched and single encodings are the same ids."""
-    out = [np.zeros(0, np.int32)] * len(texts)
-    idx = [i for i, t in enumerate(texts) if t]
-    if idx:
-        for i, enc in zip(idx, bpe.encode_batch([texts[i] for i in idx]), strict=True):
-            out[i] = np.asarray([*enc.ids, EOS_ID], np.int32)
-    return out
+        return (type(self), (self.source, self.item, self.field, self.message, self.file, self.row))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -176,6 +142,8 @@ def empty_row() -> dict[str, Any]:
         "action": b"",
         "proprio_dim": 0,
         "action_dim": 0,
+        "text_doc_lens": b"",
+        "meta": "",
     }
     for m in MODALITIES:
         row[f"tokens_{m}"] = 0
@@ -255,6 +223,8 @@ def media_rows(sample: dict, *, source: str, patch_cfg: PatchConfig) -> list[dic
         row = empty_row()
         row.update(source=source, doc_id=str(sample["doc_id"]), chunk=j, raw_hash=rhash,
                    text=text if j == 0 else "", text_only=text_only)  # fmt: skip
+        if j == 0 and sample.get("meta") is not None:
+            row["meta"] = json.dumps(sample["meta"], sort_keys=True)
         for key, m in _COUNTED:
             if key in piece:
                 # Explicit little-endian: the shard bytes are the same on every machine.
@@ -267,43 +237,85 @@ def media_rows(sample: dict, *, source: str, patch_cfg: PatchConfig) -> list[dic
     return rows
 
 
+def _finish(r: dict[str, Any], ids: np.ndarray, lens: list[int], rates: dict[str, float]) -> dict | None:
+    """Set a row's text ids, document lengths (int32 LE), modality and counts."""
+    r["text_tokens"] = np.asarray(ids, "<i4").tobytes()
+    r["tokens_text"] = len(ids)
+    r["text_doc_lens"] = np.asarray(lens, "<i4").tobytes()
+    present = [x for x in MODALITIES if r[f"tokens_{x}"] > 0]
+    if not present:
+        return None
+    r["modality"] = "+".join(present)
+    r["effective_tokens"] = float(sum(r[f"tokens_{x}"] * rates[x] for x in present))
+    return r
+
+
 def text_rows(
     row: dict[str, Any], ids: np.ndarray, *, text_cfg: TextTokenizerConfig, rates: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """Stage 2: a ``media_rows`` row + its text's BPE ids → final rows with counts.
+    """A ``media_rows`` row + its text's ids (EOS included) → final rows with counts.
 
-    A text-only row is split into chunks of ``max_tokens``; otherwise the text is cut to
-    ``max_tokens``. Rows with no tokens at all are dropped.
+    Unpacked text-only rows are split into chunks of ``max_tokens``; otherwise the text
+    (a caption) is cut to ``max_tokens``. Rows with no tokens at all are dropped.
     """
     base = {k: v for k, v in row.items() if k not in ("text", "text_only")}
     m = text_cfg.max_tokens
-    if row["text_only"]:
-        outs = [{**base, "chunk": i // m, "text_tokens": ids[i : i + m]} for i in range(0, len(ids), m)]
-    else:
-        outs = [{**base, "text_tokens": ids[:m]}]
-    final = []
-    for r in outs:
-        r["text_tokens"] = np.asarray(r["text_tokens"], np.int32)
-        r["tokens_text"] = len(r["text_tokens"])
-        present = [x for x in MODALITIES if r[f"tokens_{x}"] > 0]
-        if not present:
-            continue
-        r["modality"] = "+".join(present)
-        r["effective_tokens"] = float(sum(r[f"tokens_{x}"] * rates[x] for x in present))
-        final.append(r)
-    return final
+    parts = [(i // m, ids[i : i + m]) for i in range(0, len(ids), m)] if row["text_only"] else [(row["chunk"], ids[:m])]
+    out = []
+    for chunk, piece in parts:
+        r = _finish({**base, "chunk": chunk}, piece, [len(piece)] if len(piece) else [], rates)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def pack_rows(docs: list[dict[str, Any]], max_tokens: int, rates: dict[str, float]) -> list[dict[str, Any]]:
+    """Text-only documents (``doc_id``, ``ids`` with EOS, ``raw_hash``, ``meta``), in order,
+    joined into rows of ``max_tokens`` tokens; a document longer than the room left
+    continues in the next row. Each row's ``text_doc_lens`` are the lengths of the
+    document pieces it holds, in order; ``doc_id`` is its first piece's document;
+    ``raw_hash`` covers every piece (document hash and offset); ``meta`` is the JSON list
+    of the pieces' metadata when any document has some.
+    """
+    rows, cur, room = [], [], max_tokens
+    pieces: list[list[tuple[dict, int, int]]] = []
+    for d in docs:
+        start, n = 0, len(d["ids"])
+        while start < n:
+            take = min(room, n - start)
+            cur.append((d, start, take))
+            start += take
+            room -= take
+            if room == 0:
+                pieces.append(cur)
+                cur, room = [], max_tokens
+    if cur:
+        pieces.append(cur)
+    for j, row_pieces in enumerate(pieces):
+        r = empty_row()
+        h = hashlib.sha256()
+        for d, start, take in row_pieces:
+            h.update(f"{d['raw_hash']}:{start}:{take}\n".encode())
+        ids = np.concatenate([d["ids"][s : s + t] for d, s, t in row_pieces])
+        metas = [d.get("meta") for d, _, _ in row_pieces]
+        r.update(doc_id=str(row_pieces[0][0]["doc_id"]), chunk=j, raw_hash=h.hexdigest(),
+                 meta=json.dumps(metas, sort_keys=True) if any(m is not None for m in metas) else "")  # fmt: skip
+        rows.append(_finish(r, ids, [t for _, _, t in row_pieces], rates))
+    return rows
 
 
 def tokenize_sample(
     sample: dict,
     *,
     source: str,
-    bpe: Any,
+    tokenizer: Any,
     text_cfg: TextTokenizerConfig,
     patch_cfg: PatchConfig,
     rates: dict[str, float],
 ) -> Iterator[dict[str, Any]]:
-    """Yield the token rows of one raw sample (see module docstring for the layout)."""
+    """The unpacked token rows of one raw sample (see module docstring for the layout)."""
     for row in media_rows(sample, source=source, patch_cfg=patch_cfg):
-        (ids,) = encode_texts(bpe, [row["text"]]) if row["text"] else [np.zeros(0, np.int32)]
+        ids = np.zeros(0, np.int32)
+        if row["text"]:
+            ids = np.append(tokenizer.encode_batch([row["text"]])[0], np.int32(tokenizer.eos_id))
         yield from text_rows(row, ids, text_cfg=text_cfg, rates=rates)

@@ -25,17 +25,31 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources import RawSample, spread
 from ogi_ray.corpus.sources._cache import cache_dir, cached_npz, key_digest
 
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FONT_SIZE = 109  # the only size at which Pillow can load this CBDT font
 CANVAS = 136  # the glyph bitmap is 136×128; a square canvas keeps the aspect when resizing
+
+
+@dataclass(kw_only=True)
+class Params:
+    max_items: int | None = None  # an evenly spaced subset of the emoji
+    batch_size: int = 100
+    size: int = 64
+
+    def validate(self) -> None:
+        for k in ("max_items", "batch_size", "size"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ValueError(f"{k}: must be >= 1")
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,18 +81,13 @@ def caption(glyph: str, name: str) -> str:
     return f"flag: {text}" if _is_flag(glyph) else text
 
 
-def _selected(params: dict) -> tuple[tuple[str, str], ...]:
-    allx = _all_emoji()
-    n = params.get("max_items")
-    if n is None or int(n) >= len(allx):
-        return allx
-    step = max(1, len(allx) // max(1, int(n)))  # evenly spaced: spans faces, flags, objects
-    return allx[::step][: int(n)]
+def _selected(params: Params) -> tuple[tuple[str, str], ...]:
+    return tuple(spread(list(_all_emoji()), params.max_items))  # spans faces, flags, objects
 
 
-def items(params: dict) -> list[str]:
+def items(params: Params) -> list[str]:
     n = len(_selected(params))
-    bs = int(params.get("batch_size", 100))
+    bs = params.batch_size
     return [f"emoji:{lo:04d}-{min(lo + bs, n) - 1:04d}" for lo in range(0, n, bs)]
 
 
@@ -130,13 +139,13 @@ def _cached_batch(item: str, batch: list[tuple[str, str]], size: int) -> dict[st
     return cached_npz(path, lambda: _render_batch(batch, size))
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     try:
         lo, hi = (int(x) for x in item.removeprefix("emoji:").split("-"))
     except ValueError:
         raise ValueError(f"emoji_images: item {item!r} is not 'emoji:<lo>-<hi>'") from None
     batch = list(_selected(params)[lo : hi + 1])
-    out = _cached_batch(item, batch, int(params.get("size", 64)))
+    out = _cached_batch(item, batch, params.size)
     for i, image in zip(out["index"].tolist(), out["images"], strict=True):
         glyph, caption = batch[i]
         cps = "-".join(f"{ord(c):04X}" for c in glyph)

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,24 @@ ESPEAK = "espeak-ng"
 SELECTION_VERSION = 1  # bump when the sentence rules below change: it keys the cached list
 _SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _SPEAKABLE = re.compile(r"[A-Za-z0-9 ,.;:'\"!?\-]+")
+
+
+@dataclass(kw_only=True)
+class Params:
+    max_items: int = 200  # sentences
+    batch_size: int = 25
+    text_source: str = "wiki"
+    per_article: int = 3
+    voice: str = "en-us"
+    speed: int = 160  # words per minute
+    audio_rate: int = 16_000
+
+    def validate(self) -> None:
+        for k in ("max_items", "batch_size", "per_article", "speed", "audio_rate"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be >= 1")
+        if self.text_source not in ("wiki", "lee"):
+            raise ValueError(f"text_source: must be wiki or lee, got {self.text_source!r}")
 
 
 def _speakable(paragraph: str, limit: int) -> list[str]:
@@ -99,14 +118,13 @@ def _extract(text_source: str, per_article: int) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _selected(params: dict) -> tuple[str, ...]:
-    allx = sentences(str(params.get("text_source", "wiki")), int(params.get("per_article", 3)))
-    return allx[: int(params.get("max_items", 200))]
+def _selected(params: Params) -> tuple[str, ...]:
+    return sentences(params.text_source, params.per_article)[: params.max_items]
 
 
-def items(params: dict) -> list[str]:
-    src = str(params.get("text_source", "wiki"))
-    n, bs = len(_selected(params)), int(params.get("batch_size", 25))
+def items(params: Params) -> list[str]:
+    src = params.text_source
+    n, bs = len(_selected(params)), params.batch_size
     return [f"{src}:{lo:04d}-{min(lo + bs, n) - 1:04d}" for lo in range(0, n, bs)]
 
 
@@ -139,15 +157,14 @@ def synthesize(text: str, voice: str, speed: int, rate: int) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     src, _, span = item.partition(":")
     try:
         lo, hi = (int(x) for x in span.split("-"))
     except ValueError:
         raise ValueError(f"espeak_speech: item {item!r} is not '<source>:<lo>-<hi>'") from None
     batch = _selected(params)[lo : hi + 1]
-    voice, speed = str(params.get("voice", "en-us")), int(params.get("speed", 160))
-    rate = int(params.get("audio_rate", 16_000))
+    voice, speed, rate = params.voice, params.speed, params.audio_rate
     key = {"text": batch, "voice": voice, "speed": speed, "rate": rate, "espeak": _espeak_version()}
     path = cache_dir("espeak") / f"{src}_{lo:04d}-{key_digest(key)}.npz"
     # Clips of different lengths are stored concatenated, with their offsets.

@@ -28,14 +28,29 @@ import importlib.util
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources import RawSample, spread
 from ogi_ray.corpus.sources._cache import atomic_write, cache_dir, key_digest
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_FILE = "lee_background.cor"
 CLEAN_VERSION = 1  # bump when clean_wiki changes: it keys the cached plain text
+TASK_ITEMS = 16  # one document per item: a task reads several, so they pack into full rows
+
+
+@dataclass(kw_only=True)
+class Params:
+    max_items: int | None = None  # an evenly spaced subset of the sorted items
+    include: list[str] = field(default_factory=lambda: ["wiki", "lee"])
+
+    def validate(self) -> None:
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError("max_items: must be >= 1")
+        bad = sorted(set(self.include) - {"wiki", "lee"})
+        if bad or not self.include:
+            raise ValueError(f"include: must be a non-empty subset of [wiki, lee], got {self.include}")
 
 
 def _datapath(name: str) -> str:
@@ -100,25 +115,18 @@ def clean_wiki(raw: str) -> str:
     return _BLANKS.sub("\n\n", text).strip()
 
 
-def _spread(xs: list[str], n: int | None) -> list[str]:
-    # Evenly spaced over the sorted list, so a small subset still spans both corpora.
-    if n is None or n >= len(xs):
-        return xs
-    step = max(1, len(xs) // max(1, int(n)))
-    return xs[::step][: int(n)]
-
-
-def items(params: dict) -> list[str]:
-    include = set(params.get("include", ("wiki", "lee")))
+def items(params: Params) -> list[str]:
+    include = set(params.include)
     out: list[str] = []
     if "wiki" in include:
         out += [f"wiki:{t}" for t in _clean_pages()]
     if "lee" in include:
         out += [f"lee:{i:03d}" for i, doc in enumerate(_lee_docs()) if doc]
-    return _spread(sorted(out), params.get("max_items"))
+    # Evenly spaced over the sorted list, so a small subset still spans both corpora.
+    return spread(sorted(out), params.max_items)
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     corpus, _, key = item.partition(":")
     if corpus == "wiki":
         pages = _clean_pages()

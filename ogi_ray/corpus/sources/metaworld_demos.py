@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,28 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 DEFAULT_TASKS = ["button-press-v3", "drawer-open-v3", "pick-place-v3"]
 
 
-def _settings(params: dict) -> dict:
-    return {
-        "max_steps": int(params.get("max_steps", 150)),
-        "size": int(params.get("size", 64)),
-        "camera": str(params.get("camera", "corner")),
-    }
+@dataclass(kw_only=True)
+class Params:
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    seeds: int = 2
+    max_steps: int = 150
+    size: int = 64
+    camera: str = "corner"
+
+    def validate(self) -> None:
+        for k in ("seeds", "max_steps", "size"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}: must be >= 1")
+        if not self.tasks:
+            raise ValueError("tasks: at least one task")
 
 
-def items(params: dict) -> list[str]:
-    tasks = params.get("tasks", DEFAULT_TASKS)
-    seeds = int(params.get("seeds", 2))
-    return sorted(f"{t}:seed{s}" for t in tasks for s in range(seeds))
+def _settings(params: Params) -> dict:
+    return {"max_steps": params.max_steps, "size": params.size, "camera": params.camera}
+
+
+def items(params: Params) -> list[str]:
+    return sorted(f"{t}:seed{s}" for t in params.tasks for s in range(params.seeds))
 
 
 def instruction(task: str) -> str:
@@ -129,14 +140,14 @@ def _cached_rollout(task: str, seed: int, settings: dict) -> dict[str, np.ndarra
     return cached_npz(cache_path(task, seed, settings), lambda: rollout(task, seed, **settings))
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     task, _, seed_s = item.partition(":seed")
     if not seed_s.isdigit():
         raise ValueError(f"metaworld_demos: item {item!r} is not '<task>:seed<k>'")
     ep = _cached_rollout(task, int(seed_s), _settings(params))
-    for field in ("proprio", "action"):
-        if not np.isfinite(ep[field]).all():
-            raise SourceDataError("metaworld_demos", item, field, "NaN or inf")
+    for key in ("proprio", "action"):
+        if not np.isfinite(ep[key]).all():
+            raise SourceDataError("metaworld_demos", item, key, "NaN or inf")
     yield {
         "doc_id": item,
         "text": instruction(task),

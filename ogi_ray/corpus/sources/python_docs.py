@@ -20,21 +20,34 @@ params: ``max_items`` (int, default all: an evenly spaced subset of the sorted i
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources import RawSample, spread
 
 DEBIAN_SOURCES = Path("/usr/share/doc/python3.11/html/_sources")
+TASK_ITEMS = 16  # one document per item: a task reads several, so they pack into full rows
 
 
-def _docs_root(params: dict) -> Path | None:
-    if not params.get("use_debian_docs", True):
+@dataclass(kw_only=True)
+class Params:
+    max_items: int | None = None  # an evenly spaced subset of the sorted items
+    use_debian_docs: bool = True  # ignored when python3.11-doc is not installed
+    docs_root: str = ""  # override the _sources directory (tests)
+
+    def validate(self) -> None:
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError("max_items: must be >= 1")
+
+
+def _docs_root(params: Params) -> Path | None:
+    if not params.use_debian_docs:
         return None
-    root = Path(params.get("docs_root") or DEBIAN_SOURCES)
+    root = Path(params.docs_root or DEBIAN_SOURCES)
     return root if root.is_dir() else None
 
 
-def items(params: dict) -> list[str]:
+def items(params: Params) -> list[str]:
     from pydoc_data.topics import topics
 
     out = [f"topic:{name}" for name in topics]
@@ -42,16 +55,12 @@ def items(params: dict) -> list[str]:
     if root is not None:
         out += [f"rst:{p.relative_to(root).as_posix()}" for p in root.rglob("*.rst.txt")]
     out.sort()
-    n = params.get("max_items")
-    if n is not None and int(n) < len(out):
-        # Evenly spaced over the sorted list, so a subset samples both the topics and
-        # every part of the manual (c-api, library, tutorial, ...).
-        step = max(1, len(out) // max(1, int(n)))
-        out = out[::step][: int(n)]
-    return out
+    # Evenly spaced over the sorted list, so a subset samples both the topics and every
+    # part of the manual (c-api, library, tutorial, ...).
+    return spread(out, params.max_items)
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     kind, _, key = item.partition(":")
     if kind == "topic":
         from pydoc_data.topics import topics

