@@ -48,6 +48,12 @@ def absolute(path: str | Path) -> str:
     return str(path) if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
+def write_file(where: str | Path, data: bytes) -> None:
+    """Write the file ``where`` (a local path or URI) whole: see ``Store.write_atomic``."""
+    parent, _, name = absolute(where).rpartition("/")
+    Store(parent or "/").write_atomic(name, data)
+
+
 class Store:
     """A folder in some pyarrow filesystem."""
 

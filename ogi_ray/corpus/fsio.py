@@ -8,6 +8,10 @@ S3 credentials and endpoints come from the environment (``AWS_ENDPOINT_URL`` and
 usual variables), so the same URI works on the driver and in Ray workers that inherit
 it. Nothing here assumes a shared POSIX file system (DESIGN decision 11). On S3 a PUT is
 atomic and there is no rename: ``write_bytes`` is one PUT, ``move`` a copy and a delete.
+
+This is the function face of :mod:`ogi_ray.storage` for code that passes URIs around
+(readers, shard writers): whole-object writes and hashing go through ``Store`` so that a
+local write is temp + fsync + rename there too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ogi_ray.storage import is_uri, write_file
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
+__all__ = ["is_uri", "absolute", "resolve", "join", "info", "exists", "list_files", "open_input",
+           "read_bytes", "write_bytes", "sha256_of", "delete", "move", "walk_names"]  # fmt: skip
 
 def absolute(path: str | Path, base: str | Path | None = None) -> str:
     """``path`` as an absolute local path or an untouched URI (relative: against ``base``)."""
@@ -99,22 +103,17 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> str:
-    """Write ``data`` at ``uri`` in one PUT (local: create parents); returns its SHA-256."""
-    fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    """Write ``data`` at ``uri`` whole (S3: one PUT; local: temp, fsync, rename); returns
+    its SHA-256."""
+    write_file(absolute(uri), data)
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_of(uri: str) -> str:
-    h = hashlib.sha256()
+    from ogi_ray.canonical import stream_sha256
+
     with open_input(uri, stream=True, compression=None) as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_sha256(f)
 
 
 def delete(uri: str) -> None:

@@ -65,10 +65,6 @@ class SourceDataError(CorpusError):
         return (type(self), (self.source, self.item, self.field, self.message, self.file, self.row))
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 → (size, size, 3) uint8, bilinear (Pillow, deterministic)."""
     from PIL import Image

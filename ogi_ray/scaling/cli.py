@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -151,19 +149,10 @@ def _fail(err: Exception) -> int:
 
 
 def _write_yaml_atomic(path: str | Path, data: Any) -> None:
-    """Temp file in the target directory, then rename: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(data, fh, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Readers see the old file or the new, never half (``storage.write_file``)."""
+    from ogi_ray.storage import write_file
+
+    write_file(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
 def run_plan(args: argparse.Namespace) -> int:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,20 +75,12 @@ def seal_rates(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_rates_file(path: str | Path, body: dict[str, Any]) -> dict[str, Any]:
-    """Seal and write ``body`` atomically (temp file + rename); returns the sealed document."""
+    """Seal and write ``body`` atomically (``storage.write_file``); returns the sealed document."""
     doc = seal_rates(body)
     canonical_json(doc)  # fails before writing on NaN/inf or a non-JSON value
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ogi_ray.storage import write_file
+
+    write_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return doc
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -157,16 +156,13 @@ def plot_fit(data: RunsData, fit: FitResult, path: str | Path) -> Path:
     ax2.plot(lims, lims, "k--", lw=1)
     ax2.set(xlabel="predicted loss", ylabel="observed loss", title="parity")
     fig.tight_layout()
+    from ogi_ray.storage import write_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a reader never sees half a PNG.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        fig.savefig(png, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_file(path, png.getvalue())  # a reader never sees half a PNG
     return path

@@ -43,15 +43,10 @@ def key_digest(settings: Any, n: int = 16) -> str:
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Create ``path`` with ``write(binary_file)``; readers see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ogi_ray.storage import Store
+
+    with Store(path.parent).open_output(path.name) as f:
+        write(f)
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray] | None:

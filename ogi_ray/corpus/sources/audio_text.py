@@ -20,7 +20,7 @@ import numpy as np
 from ogi_ray.corpus import fsio
 from ogi_ray.corpus.sources import BadRow, RawSample
 from ogi_ray.corpus.sources._records import file_format, records, relpath
-from ogi_ray.corpus.sources.text import check_path
+from ogi_ray.corpus.sources.text import check_paths, prepare_paths
 
 AUDIO = (".wav", ".flac", ".ogg")
 
@@ -39,16 +39,11 @@ class Params:
 
 
 def prepare(params: Params, base: str) -> Params:
-    params.path = fsio.absolute(params.path, base)
-    if params.index:
-        params.index = fsio.absolute(params.index, base)
-    return params
+    return prepare_paths(params, base, ("path", "index"))
 
 
 def check(params: Params) -> None:
-    check_path(params.path)
-    if params.index:
-        check_path(params.index, "index")
+    check_paths(params, ("path", "index"))
 
 
 def index_items(index: str, root: str, media: str, text: str, license_field: str) -> Iterator[str | tuple]:

@@ -27,7 +27,7 @@ import numpy as np
 from ogi_ray.corpus import fsio
 from ogi_ray.corpus.sources import BadRow, RawSample
 from ogi_ray.corpus.sources._records import meta_of, records, relpath
-from ogi_ray.corpus.sources.text import check_path
+from ogi_ray.corpus.sources.text import check_paths, prepare_paths
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 
@@ -48,12 +48,11 @@ class Params:
 
 
 def prepare(params: Params, base: str) -> Params:
-    params.path = fsio.absolute(params.path, base)
-    return params
+    return prepare_paths(params, base)
 
 
 def check(params: Params) -> None:
-    check_path(params.path)
+    check_paths(params)
 
 
 def items(params: Params) -> list[tuple[str, int]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ogi_ray.corpus import fsio
 from ogi_ray.corpus.sources import BadRow, RawSample
@@ -43,12 +43,26 @@ class Params:
 
 
 def prepare(params: Params, base: str) -> Params:
-    params.path = fsio.absolute(params.path, base)
-    return params
+    return prepare_paths(params, base)
 
 
 def check(params: Params) -> None:
-    check_path(params.path)
+    check_paths(params)
+
+
+def prepare_paths(params: Any, base: str, keys: tuple[str, ...] = ("path",)) -> Any:
+    """``params`` with each set path field in ``keys`` made absolute against ``base``."""
+    for key in keys:
+        if getattr(params, key):
+            setattr(params, key, fsio.absolute(getattr(params, key), base))
+    return params
+
+
+def check_paths(params: Any, keys: tuple[str, ...] = ("path",)) -> None:
+    """``path`` must exist; the other fields in ``keys`` must exist when they are set."""
+    for key in keys:
+        if key == "path" or getattr(params, key):
+            check_path(getattr(params, key), key)
 
 
 def check_path(uri: str, key: str = "path") -> None:

@@ -20,7 +20,7 @@ from ogi_ray.corpus.sources import BadRow, RawSample
 from ogi_ray.corpus.sources._av import clip_samples, decode_audio, decode_video
 from ogi_ray.corpus.sources._records import relpath
 from ogi_ray.corpus.sources.audio_text import index_items, sidecar_text
-from ogi_ray.corpus.sources.text import check_path
+from ogi_ray.corpus.sources.text import check_paths, prepare_paths
 
 VIDEO = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
@@ -46,16 +46,11 @@ class Params:
 
 
 def prepare(params: Params, base: str) -> Params:
-    params.path = fsio.absolute(params.path, base)
-    if params.index:
-        params.index = fsio.absolute(params.index, base)
-    return params
+    return prepare_paths(params, base, ("path", "index"))
 
 
 def check(params: Params) -> None:
-    check_path(params.path)
-    if params.index:
-        check_path(params.index, "index")
+    check_paths(params, ("path", "index"))
 
 
 def items(params: Params) -> list:
