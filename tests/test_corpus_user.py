@@ -198,3 +198,43 @@ def test_unreachable_or_missing_inputs_fail_before_ray(data, tmp_path):
         with pytest.raises(ConfigError) as e:
             prepare_build(mixture(data, tmp_path / "m.yaml", sources=srcs), tmp_path / "out")
         assert e.value.field == "sources[0].params.path" and path in e.value.message and message in e.value.message
+
+
+def test_the_pretrained_tokenizer_corpus_trains_with_its_own_eos_and_pad(built, data):
+    """The S3 corpus built with tokenizer.json trains (2 workers, run on S3 too): the model
+    pads with the tokenizer's PAD, and the attention boundaries fall after its EOS."""
+    import torch
+
+    from ogi_ray.lineage.verify import verify_run
+    from ogi_ray.storage import Store
+    from ogi_ray.train.config import job_from_dict
+    from ogi_ray.train.data import COLUMNS, collate
+    from ogi_ray.train.driver import train
+    from ogi_ray.train.launch import plan_launch
+    from ogi_ray.train.metrics_log import read_rows
+
+    _, corpus, m = built
+    tok = m["tokenizers"]["text"]
+    storage = f"{data['bucket']}/runs"
+    job = job_from_dict({
+        "model": {"preset": "tiny", "vocab_size": tok["vocab_size"]},
+        "data": {"corpus": corpus, "batch_size": 4, "seq_len": 64, "accum_steps": 1},
+        "loop": {"steps": 2, "checkpoint_every": 2, "log_every": 1},
+        "workers": {"num_workers": 2, "cpus_per_worker": 0.5},
+        "run": {"name": "hf-tok", "storage_path": storage},
+    })  # fmt: skip
+    model_cfg = plan_launch(job).job.model
+    assert model_cfg.pad_id == tok["pad_id"] == 0  # <EOT> here, the tokenizer's choice
+    from ogi_ray.corpus.manifest import shard_paths
+
+    rows = _read_all(shard_paths(corpus)[:1], COLUMNS)
+    batch = collate(rows, model_cfg, torch.Generator().manual_seed(0))
+    tokens, doc, valid = batch["tokens"], batch["text_doc"], batch["text_valid"]
+    cut = (doc[:, 1:] != doc[:, :-1]) & valid[:, 1:]  # a new document starts at t+1
+    assert cut.any(), "no packed row holds two documents"
+    assert (tokens[:, :-1][cut] == tok["eos_id"]).all()  # ... right after the EOS
+    summary = train(job, quiet=True)
+    logged = read_rows(Store(f"{storage}/hf-tok"))
+    assert [r["step"] for r in logged] == [0, 1] and all(np.isfinite(r["loss/lm"]) for r in logged)
+    assert summary["steps"] == 2
+    assert verify_run(f"{storage}/hf-tok") == []

@@ -29,7 +29,7 @@ from _dist import run_distributed
 from ogi_ray.lineage.merkle import weights_root
 from ogi_ray.model import build, preset
 from ogi_ray.parallel.dims import ParallelDims, dp_rank_and_size
-from ogi_ray.parallel.pipeline import build_stage, stage_layers
+from ogi_ray.parallel.pipeline import batch_keys, build_stage, stage_layers
 from ogi_ray.storage import Store
 
 STEPS = 3
@@ -52,11 +52,14 @@ def _chunk(cfg, step, i):
     valid = torch.ones(b, lay.n_text, dtype=torch.bool)
     valid[1, 12:] = False  # some padding
     tokens = torch.randint(1, cfg.vocab_size, (b, lay.n_text), generator=g).masked_fill(~valid, 0)
+    # Row 0 packs two documents (block-diagonal text attention, on every pipeline stage);
+    # row 1 is one document and its padding.
+    text_doc = torch.tensor([[0] * 7 + [1] * 9, [0] * 12 + [1] * 4])
     act = torch.randn(b, lay.n_steps, cfg.act_dim, generator=g)
     noise = torch.randn(b, lay.n_steps, cfg.act_dim, generator=g)
     t = torch.rand(b, generator=g)
     return {
-        "tokens": tokens, "text_valid": valid, "n_tokens": torch.tensor(int(valid.sum())),
+        "tokens": tokens, "text_valid": valid, "text_doc": text_doc, "n_tokens": torch.tensor(int(valid.sum())),
         "img": torch.rand(b, lay.n_img, cfg.img_dim, generator=g),
         "img2": torch.rand(b, lay.n_img, cfg.img_dim, generator=g),
         "img_present": torch.ones(b, lay.n_img, dtype=torch.bool),
@@ -390,12 +393,13 @@ def test_stages_partition_the_model_and_compose_to_its_forward():
     assert "tok_embed.weight" in names[0] and "lm_head.weight" in names[2]
     assert "layers.0.attn.wq.weight" in names[0] and "layers.3.mlp.w2.weight" in names[2]
     batch = _chunk(cfg, 0, 0)
-    keys = tuple(sorted(k for k, v in batch.items() if v.dim() >= 1))
+    keys = batch_keys(batch)
     stages[0].input_keys = keys
+    doc = {"text_doc": batch["text_doc"]}  # every stage cuts attention at the same boundaries
     with torch.no_grad():
         h, out = model(batch)
-        x = stages[1](stages[0](*(batch[k] for k in keys)))
-        h2, *heads = stages[2](x)
+        x = stages[1](stages[0](*(batch[k] for k in keys), **doc), **doc)
+        h2, *heads = stages[2](x, **doc)
     assert torch.equal(h, h2)
     assert list(stages[2].head_keys) == list(out)
     for k, v in zip(stages[2].head_keys, heads, strict=True):

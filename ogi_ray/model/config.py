@@ -16,6 +16,7 @@ class ModelConfig:
     n_heads: int = 4
     mlp_ratio: float = 4.0
     vocab_size: int = 4096  # must cover the corpus tokenizer's vocabulary
+    pad_id: int = 0  # the corpus tokenizer's PAD (filled from the manifest): unfilled text slots
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     # Token layout (model/layout.py). The training driver fills these from the corpus

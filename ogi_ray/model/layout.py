@@ -13,6 +13,11 @@ compiled kernels need that) and one (S, S) mask serves the whole batch:
     act       n_steps      vid, prop, act                   embod: flow-matching velocity
     txt       n_text       txt (causal)                     lm; align (caption latent)
 
+Text is packed (corpus/tokenize.py): one row's text slots may hold several documents,
+joined with their EOS. ``Layout.row_mask`` cuts the causal text block along the row's
+document ids (``text_doc`` (B, T), from ``text_doc_lens``) so that no token attends to
+another document's tokens: a block-diagonal causal mask, one (S, S) per row.
+
 Text never attends to images or video: the caption latent used by the contrastive
 alignment would otherwise already contain the image (a leak), so cross-modal coupling
 comes from ``align`` alone. Segments whose modality the corpus lacks get zero slots.
@@ -85,4 +90,17 @@ class Layout:
             m[v, v] = chunk[:, None] >= chunk[None, :]
         # Every row must attend to something (itself): softmax over an empty set is NaN.
         m |= torch.eye(s, dtype=torch.bool)
+        return m
+
+    def row_mask(self, base: torch.Tensor, text_doc: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) bool: ``base`` (S, S) with text cut at document boundaries.
+
+        text_doc (B, T) int: the document index of each text slot (padding slots get an
+        index of their own). A query in the text block keeps only keys of its document.
+        """
+        t = self.slices()["txt"]
+        b, s = text_doc.shape[0], self.seq_len
+        m = base.expand(b, 1, s, s).clone()
+        same = text_doc[:, :, None] == text_doc[:, None, :]  # (B, T, T)
+        m[:, 0, t, t] &= same
         return m

@@ -173,10 +173,18 @@ class MultimodalTransformer(nn.Module):
         parts.append(self._segment("txt", self.tok_embed(b["tokens"]), None))
         return torch.cat(parts, dim=1)
 
-    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+    def attention_mask(self, text_doc: torch.Tensor | None) -> torch.Tensor:
+        """The layout mask (S, S), or per row (B, 1, S, S) with text cut at document
+        boundaries when ``text_doc`` (B, T) is given (layout.Layout.row_mask)."""
+        if text_doc is None:
+            return self.attn_mask
+        return self.cfg.layout.row_mask(self.attn_mask, text_doc)
+
+    def backbone(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, S, D) → h (B, S, D): the shared representation the objectives read."""
+        mask = self.attn_mask if mask is None else mask
         for layer in self.layers:
-            x = layer(x, self.rope_cos, self.rope_sin, self.attn_mask)
+            x = layer(x, self.rope_cos, self.rope_sin, mask)
         return self.norm(x)
 
     def heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -205,7 +213,7 @@ class MultimodalTransformer(nn.Module):
         return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        h = self.backbone(self.embed(batch))
+        h = self.backbone(self.embed(batch), self.attention_mask(batch.get("text_doc")))
         return h, self.heads(h)
 
     def num_params(self, include_embeddings: bool = True) -> int:

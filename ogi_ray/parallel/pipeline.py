@@ -11,7 +11,8 @@ them: the step that runs them is train/step.py, this package never imports train
          function (build_pipeline); materialised afterwards (parallel/materialize.py)
 
 The schedule takes the step's global batch (micro-batches concatenated): the first stage
-gets the batch tensors (keys sorted, dim 0 = rows) as positional args, the last stage
+gets the batch tensors (keys sorted, dim 0 = rows) as positional args, every stage the
+document ids ``text_doc`` as a keyword (its attention mask needs them), the last stage
 gets target = arange(B), the rows each micro-batch holds, so the loss function can pick
 them out of the batch it was given.
 
@@ -71,13 +72,16 @@ class PipelineStageModel(MultimodalTransformer):
     input_keys: tuple[str, ...]  # batch keys the first stage receives, in arg order
     head_keys: tuple[str, ...]  # names of the heads in the last stage's output tuple
 
-    def forward(self, *args: torch.Tensor) -> Any:  # type: ignore[override]
+    def forward(self, *args: torch.Tensor, text_doc: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+        # text_doc (B, T) comes to every stage as a keyword (each rank's schedule.step
+        # splits it into the same micro-batches); stages pass each other only x.
         if self.is_first:
             x = self.embed(dict(zip(self.input_keys, args, strict=True)))  # (B, S, D)
         else:
             (x,) = args
+        mask = self.attention_mask(text_doc)
         for layer in self.layers:
-            x = layer(x, self.rope_cos, self.rope_sin, self.attn_mask)
+            x = layer(x, self.rope_cos, self.rope_sin, mask)
         if not self.is_last:
             return x
         h = self.norm(x)  # (B, S, D): the shared representation
@@ -105,11 +109,20 @@ def build_stage(model: nn.Module, pp_rank: int, pp_size: int, device: torch.devi
     return stage if any(p.is_meta for p in stage.parameters()) else stage.to(device)
 
 
+STAGE_KWARGS = ("text_doc",)  # batch tensors every stage receives, as keywords
+
+
 def batch_keys(batch: dict[str, torch.Tensor]) -> tuple[str, ...]:
     """Keys of tensors with a batch dimension (dim 0 = rows), in the fixed (sorted) order
-    the first stage receives them; 0-dim counters such as ``n_tokens`` are left out."""
+    the first stage receives them; 0-dim counters such as ``n_tokens`` and the keywords
+    of every stage (``STAGE_KWARGS``) are left out."""
     rows = batch["tokens"].shape[0]
-    return tuple(sorted(k for k, v in batch.items() if v.dim() >= 1 and v.shape[0] == rows))
+    return tuple(sorted(k for k, v in batch.items()
+                        if v.dim() >= 1 and v.shape[0] == rows and k not in STAGE_KWARGS))  # fmt: skip
+
+
+def stage_kwargs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in STAGE_KWARGS if k in batch}
 
 
 @dataclass

@@ -6,7 +6,10 @@ and marked absent. Per-step randomness (MAE mask, second view, flow-matching tim
 noise) is drawn here from a generator seeded by (seed, step, rank), so a replay of the
 same step sees exactly the same batch tensors.
 
-    text_tokens  int32 LE          ─► tokens (B, T), text_valid (B, T)
+    text_tokens  int32 LE          ─► tokens (B, T) (unfilled slots: the tokenizer's PAD),
+                                      text_valid (B, T)
+    text_doc_lens int32 LE         ─► text_doc (B, T): document index per text slot, for
+                                      the block-diagonal attention of packed rows
     image_patches uint8            ─► img, img2 (augmented view) (B, n_img, img_dim) in [0, 1],
                                       img_present (B, n_img), mae_mask (B, n_img)
     video_tubelets uint8           ─► vid (B, n_vid, vid_dim), vid_present
@@ -27,11 +30,10 @@ from ogi_ray.model.config import ModelConfig
 from ogi_ray.model.objectives import augment_patches, flow_matching_pair, mae_mask, sample_t
 
 COLUMNS = [
-    "source", "position", "text_tokens", "image_patches", "video_tubelets", "audio_frames",
+    "source", "position", "text_tokens", "text_doc_lens", "image_patches", "video_tubelets", "audio_frames",
     "proprio", "action", "proprio_dim", "action_dim", "tokens_text", "tokens_image",
     "tokens_video", "tokens_audio", "tokens_proprio", "tokens_action",
 ]  # fmt: skip
-PAD_ID = 0
 
 
 def _fill(rows: list[np.ndarray], n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +54,21 @@ def _decode(blob: Any, dtype: str, dim: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=dtype).reshape(-1, dim)
 
 
+def document_ids(doc_lens: bytes | None, n_ids: int, t: int) -> np.ndarray:
+    """(t,) int64: the document index of each of a row's ``t`` text slots.
+
+    ``doc_lens`` are the row's int32 LE document lengths (summing to its token count;
+    empty for a row that is one document). Slots past the row's ``n_ids`` tokens, and
+    tokens the slots cut off, are padding: they get one index past the last document.
+    """
+    lens = np.frombuffer(doc_lens or b"", dtype="<i4")
+    ids = np.repeat(np.arange(len(lens), dtype=np.int64), lens)[:n_ids]
+    if len(ids) < n_ids:  # no (or short) boundaries recorded: the rest is one document
+        ids = np.concatenate([ids, np.full(n_ids - len(ids), len(lens), np.int64)])
+    pad = (ids[-1] + 1) if n_ids else 0
+    return np.concatenate([ids, np.full(t - n_ids, pad, np.int64)])
+
+
 def seeded_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
@@ -60,15 +77,17 @@ def collate(batch: dict[str, Any], cfg: ModelConfig, gen: torch.Generator) -> di
     b = len(batch["text_tokens"])
     lay = cfg.layout
     t = lay.n_text
-    tokens = np.full((b, t), PAD_ID, np.int64)
+    tokens = np.full((b, t), cfg.pad_id, np.int64)
     text_valid = np.zeros((b, t), bool)
+    text_doc = np.zeros((b, t), np.int64)
     for i in range(b):
         ids = np.frombuffer(batch["text_tokens"][i], dtype="<i4")[:t]
         tokens[i, : len(ids)] = ids
         text_valid[i, : len(ids)] = True
+        text_doc[i] = document_ids(batch["text_doc_lens"][i], len(ids), t)
     out: dict[str, torch.Tensor] = {
         "tokens": torch.from_numpy(tokens), "text_valid": torch.from_numpy(text_valid),
-        "n_tokens": torch.tensor(int(text_valid.sum())),
+        "text_doc": torch.from_numpy(text_doc), "n_tokens": torch.tensor(int(text_valid.sum())),
     }  # fmt: skip
     if lay.n_img:
         img, present = _fill([_decode(x, "u1", cfg.img_dim) for x in batch["image_patches"]], lay.n_img, cfg.img_dim)

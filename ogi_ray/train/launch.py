@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 
 def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
-    """Fill the model's token layout from the corpus' tokenizers and modalities, and the
-    tuner's objectives from the layout (unless the config names them)."""
+    """Fill the model's token layout (and the text tokenizer's PAD) from the corpus'
+    tokenizers and modalities, and the tuner's objectives from the layout (unless the
+    config names them)."""
     tok = manifest["tokenizers"]
     mods = {m for s in manifest["sources"] for m in s["modalities"]}
     vocab = int(tok["text"]["vocab_size"])
@@ -53,7 +54,7 @@ def fit_model_to_corpus(job: JobConfig, manifest: dict[str, Any]) -> JobConfig:
     vgrid = (int(tok["video"]["size"]) // int(tok["video"]["patch"])) ** 2
     model = replace(
         job.model,
-        n_text=d.seq_len,
+        n_text=d.seq_len, pad_id=int(tok["text"]["pad_id"]),
         n_img=grid if "image" in mods else 0, img_dim=int(tok["image"]["dim"]),
         n_vid=(d.max_video_tubelets // vgrid) * vgrid if "video" in mods else 0,
         vid_group=vgrid, vid_dim=int(tok["video"]["dim"]),

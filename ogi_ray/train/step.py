@@ -34,7 +34,7 @@ from ogi_ray.model.config import ModelConfig
 from ogi_ray.model.objectives import recall_at_1, representation_grad_norms
 from ogi_ray.parallel.apply import clip_grad_norm_, grad_sq_norm
 from ogi_ray.parallel.device import Placement
-from ogi_ray.parallel.pipeline import Pipeline, batch_keys
+from ogi_ray.parallel.pipeline import Pipeline, batch_keys, stage_kwargs
 from ogi_ray.train.losses import compute_losses, pooled
 
 
@@ -282,7 +282,7 @@ class PipelineStep:
         losses, as PlainStep's accumulation). The GNS small batch is not measured."""
         pipe, dev = self.pipe, self.placement.device
         keys = batch_keys(micro[0])
-        batch = {k: torch.cat([m[k] for m in micro]).to(dev) for k in keys}
+        batch = {k: torch.cat([m[k] for m in micro]).to(dev) for k in (*keys, *stage_kwargs(micro[0]))}
         n_rows = batch["tokens"].shape[0]
         if n_rows < pipe.n_microbatches:
             raise ValueError(f"batch: {n_rows} rows cannot fill {pipe.n_microbatches} micro-batches")
@@ -293,7 +293,7 @@ class PipelineStep:
         args = tuple(batch[k] for k in keys) if pipe.is_first else ()
         target = torch.arange(n_rows, device=dev) if pipe.is_last else None
         with autocast(self.placement):
-            pipe.schedule.step(*args, target=target, return_outputs=False)
+            pipe.schedule.step(*args, target=target, return_outputs=False, **stage_kwargs(batch))
         # The first step's shape inference also calls the loss once (placeholder inputs):
         # keep only the real micro-batches' calls.
         rec = StepRecord.of_calls(self.loss.calls[-pipe.n_microbatches :])
@@ -316,12 +316,12 @@ class PipelineStep:
             module.input_keys = keys = batch_keys(b)
             with autocast(self.placement):
                 if pipe.is_first:
-                    x = module(*(b[k] for k in keys))
+                    x = module(*(b[k] for k in keys), **stage_kwargs(b))
                 else:
                     x = torch.empty((b["tokens"].shape[0], self.cfg.max_seq_len // self.seq_split, self.cfg.dim),
                                     device=dev)  # fmt: skip
                     dist.recv(x, group=pipe.pp_group, group_src=pipe.pp_rank - 1)
-                    x = module(x)
+                    x = module(x, **stage_kwargs(b))
                 if not pipe.is_last:
                     dist.send(x.float().contiguous(), group=pipe.pp_group, group_dst=pipe.pp_rank + 1)
                     continue
