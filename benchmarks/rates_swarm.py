@@ -32,10 +32,10 @@ def main() -> None:
 
     import ray
 
+    from ogi_ray.corpus.rates_file import write_rates_file
     from ogi_ray.rates.config import load_swarm
     from ogi_ray.rates.measure import fit_swarm, rates_table
     from ogi_ray.rates.swarm import run_swarm
-    from ogi_ray.scaling.rates import write_rates_file
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()

@@ -297,3 +297,36 @@ def test_a_failed_rebuild_leaves_the_previous_corpus_and_foreign_files(built, tm
     assert again["manifest_hash"] == m["manifest_hash"] and verify_corpus(out) == again
     assert (out / "notes.txt").read_text() == "mine" and not (out / "shards" / "part-00099.parquet").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_pinned_rates_file_prices_the_build_and_is_in_the_manifest(built, tmp_path, code_root):
+    """A mixture may name a measured rates file instead of writing rates: the build uses
+    its rates (a measured rate above the hand-set bound of 10 is fine), and the manifest
+    records the file's hash, so the lineage of anything trained on it names the rates."""
+    from ogi_ray.corpus.rates_file import write_rates_file
+
+    _, _, configured = built
+    rates = {"text": 1.0, "image": 12.5}
+    doc = write_rates_file(tmp_path / "rates.json", {
+        "name": "measured-here", "unit": "text", "modalities": list(rates), "rates": rates,
+        "intervals": {"text": [1.0, 1.0], "image": [9.0, 20.0]}, "confidence": 0.95,
+        "metric": {"name": "mean_normalised_heldout_loss"}, "trials": []})  # fmt: skip
+    mix = mixture(tmp_path, code_root)
+    data = yaml.safe_load(mix.read_text())
+    data.pop("exchange_rates")
+    data["exchange_rates_file"] = {"path": "rates.json", "sha256": doc["sha256"]}
+    mix.write_text(yaml.safe_dump(data))
+    m = build_corpus(mix, tmp_path / "out")
+    assert m["exchange_rates"] == rates
+    assert m["exchange_rates_source"] == {"kind": "measured", "file": "rates.json", "sha256": doc["sha256"],
+                                          "name": "measured-here"}  # fmt: skip
+    assert configured["exchange_rates_source"] == {"kind": "configured"}
+    photos = next(s for s in m["sources"] if s["name"] == "photos")
+    assert photos["effective_by_modality"]["image"] == pytest.approx(photos["tokens_by_modality"]["image"] * 12.5)
+    # The same rates written by hand: above the configured bound, named at the field.
+    data.pop("exchange_rates_file")
+    data["exchange_rates"] = rates
+    mix.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        build_corpus(mix, tmp_path / "out2")
+    assert e.value.field == "exchange_rates" and "(0, 10]" in str(e.value)

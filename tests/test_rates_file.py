@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ogi_ray.config import ConfigError
+from ogi_ray.corpus.rates_file import load_rates_file, mixture_rates, rates_hash, write_rates_file
 from ogi_ray.scaling.cli import register
-from ogi_ray.scaling.rates import load_rates_file, mixture_rates, rates_hash, write_rates_file
 from ogi_ray.scaling.tokens import load_mixture, token_budget
 
 RATES = {"text": 1.0, "image": 0.42, "video": 0.21, "audio": 0.08, "proprio": 0.1, "action": 0.2}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
+from ogi_ray.corpus.rates_file import load_rates_file, write_rates_file
 from ogi_ray.rates.config import SwarmConfig
 from ogi_ray.rates.measure import fit_swarm
 from ogi_ray.rates.propose import propose, write_proposal
-from ogi_ray.scaling.rates import load_rates_file, write_rates_file
 
 # Per row: web 100 text tokens; photos 20 text + 64 image tokens (raw = fed: no slot cuts).
 PROFILE = {"web": {"text": 100.0, "image": 0.0}, "photos": {"text": 20.0, "image": 64.0}}

@@ -319,7 +319,8 @@ def _manifest(
     body = {
         "schema_version": SCHEMA_VERSION, "hash_algorithm": "sha256", "name": cfg.name,
         "mixture_sha256": file_sha256(plan.mixture), "seed": cfg.seed,
-        "exchange_rates": dict(sorted(rates.items())), **plan.policy_info,
+        "exchange_rates": dict(sorted(rates.items())), "exchange_rates_source": dict(cfg.exchange_rates_source),
+        **plan.policy_info,
         "mixing": to_dict(cfg.mixing), "heldout_fraction": cfg.heldout_fraction, "shard_rows": cfg.shard_rows,
         "sources": sources, "excluded": plan.excluded,
         "shards": [e for e, w in zip(shards, written, strict=True) if w["part"] < HELDOUT_PART],

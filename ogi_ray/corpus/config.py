@@ -129,6 +129,11 @@ class MixtureConfig:
     name: str
     sources: list[SourceConfig]
     exchange_rates: dict[str, float]
+    # Where the rates come from: {"kind": "configured"} for ``exchange_rates`` written in
+    # the mixture, or {"kind": "measured", "file", "sha256", "name"} for an
+    # ``exchange_rates_file`` (docs/rates.md §5). Filled by load_mixture, recorded in the
+    # manifest (and so in its hash and every checkpoint's lineage).
+    exchange_rates_source: dict[str, Any] = field(default_factory=lambda: {"kind": "configured"})
     seed: int = 0
     text_tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
@@ -145,8 +150,12 @@ class MixtureConfig:
         for m, r in self.exchange_rates.items():
             if m not in MODALITIES:
                 raise ValueError(f"exchange_rates: unknown modality {m!r}")
-            if not (0.0 < r <= 10.0) or not math.isfinite(r):
-                raise ValueError(f"exchange_rates: rate for {m} must be in (0, 10], got {r}")
+            if not (0.0 < r < math.inf):
+                raise ValueError(f"exchange_rates: rate for {m} must be a finite number > 0, got {r}")
+            # Hand-set rates above 10 are more likely a typo than a belief; measured ones
+            # may be (docs/rates.md: proprio and action measure above 30 on tiny proxies).
+            if self.exchange_rates_source.get("kind") == "configured" and r > 10.0:
+                raise ValueError(f"exchange_rates: a configured rate for {m} must be in (0, 10], got {r}")
         for s in self.sources:
             missing = [m for m in s.modalities if m not in self.exchange_rates]
             if missing:
@@ -160,14 +169,24 @@ class MixtureConfig:
 def load_mixture(path: str | Path) -> MixtureConfig:
     """Load and validate a mixture YAML; errors name the file and the field.
 
+    Rates are ``exchange_rates`` or a pinned ``exchange_rates_file`` (resolved by
+    ``corpus.rates_file.mixture_rates``: the file verified, its hash the pinned one).
+
     Each source's ``params`` become its kind's validated ``Params`` (paths made absolute,
     relative ones against the mixture file's folder); each ``license`` must be a valid
     SPDX expression, and a source needs one unless its rows carry one (``license_field``).
     """
     from ogi_ray.corpus.license import spdx_error
+    from ogi_ray.corpus.rates_file import mixture_rates
     from ogi_ray.corpus.sources import kind_of  # local: sources import heavy packages lazily
 
     data = load_yaml(path)
+    if isinstance(data, dict) and "exchange_rates_source" in data:
+        raise ConfigError(path, "exchange_rates_source", "is set by the build: give exchange_rates or exchange_rates_file")
+    rates, source = mixture_rates(path, data) if isinstance(data, dict) else (None, {})
+    if isinstance(data, dict) and "exchange_rates_file" in data:
+        data = {**{k: v for k, v in data.items() if k != "exchange_rates_file"},
+                "exchange_rates": rates, "exchange_rates_source": source}  # fmt: skip
     cfg = from_dict(MixtureConfig, data, file=path)
     base = str(Path(path).resolve().parent)
     for i, s in enumerate(cfg.sources):

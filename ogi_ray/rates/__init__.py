@@ -6,7 +6,7 @@
                              what each proxy trained on and how it scored)
         ──measure.fit_swarm──► target metric (metric.py) ──scaling.ratefit──► rates with
                                bootstrap intervals, per-objective transfer table
-        ──scaling.rates.write_rates_file──► RATES.json (hashed; mixtures pin it)
+        ──corpus.rates_file.write_rates_file──► RATES.json (hashed; mixtures pin it)
         ──propose.propose──► the mixing law's best source shares at a budget ──► MIXTURE.yaml
 
 The math (ratefit.py) and the rates file (rates.py) live in ogi_ray.scaling, which never

@@ -54,10 +54,10 @@ def _fail(err: Exception) -> int:
 
 def run_measure(args: argparse.Namespace) -> int:
     from ogi_ray.cli import _init_ray
+    from ogi_ray.corpus.rates_file import write_rates_file
     from ogi_ray.rates.config import load_swarm
     from ogi_ray.rates.measure import fit_swarm, rates_table
     from ogi_ray.rates.swarm import run_swarm
-    from ogi_ray.scaling.rates import write_rates_file
 
     t0 = time.perf_counter()
     try:
@@ -80,8 +80,8 @@ def run_measure(args: argparse.Namespace) -> int:
 
 
 def run_propose(args: argparse.Namespace) -> int:
+    from ogi_ray.corpus.rates_file import load_rates_file
     from ogi_ray.rates.propose import proposal_table, propose, write_proposal
-    from ogi_ray.scaling.rates import load_rates_file
 
     try:
         rf = load_rates_file(args.rates)
@@ -100,8 +100,8 @@ def run_propose(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from ogi_ray.corpus.rates_file import load_rates_file
     from ogi_ray.rates.measure import rates_table
-    from ogi_ray.scaling.rates import load_rates_file
 
     try:
         rf = load_rates_file(args.rates)

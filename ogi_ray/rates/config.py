@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from ogi_ray.config import ConfigError, from_dict, load_yaml
-from ogi_ray.scaling.rates import MODALITIES
+from ogi_ray.corpus.config import MODALITIES
 
 
 @dataclass(kw_only=True)

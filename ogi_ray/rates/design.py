@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
+from ogi_ray.corpus.config import MODALITIES
 from ogi_ray.rates.config import DesignConfig
-from ogi_ray.scaling.rates import MODALITIES
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
         ──the same law per objective──► per-objective rates and the transfer table
                                          ∂(normalised loss)/∂T_m at the base proxy
         ──the configured rates, fixed──► how well the hand-set rates explain the swarm
-        ──► rates body (scaling.rates.write_rates_file seals and writes it)
+        ──► rates body (corpus.rates_file.write_rates_file seals and writes it)
 
 No Ray here: the swarm has run; this is arithmetic on its table.
 """
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from ogi_ray.canonical import hash_canonical
+from ogi_ray.corpus.config import MODALITIES
 from ogi_ray.rates import observe
 from ogi_ray.rates.config import SwarmConfig
 from ogi_ray.rates.metric import definition, objective_matrix, target_metric
 from ogi_ray.scaling.ratefit import Groups, LawFit, bootstrap_law, fit_law, tie_columns
-from ogi_ray.scaling.rates import MODALITIES
 
 PER_TOKENS = 1000.0  # the transfer table is per 1,000 tokens of a modality
 _RATE_LIMIT = 1e6  # a per-objective rate beyond this means text does not move that objective

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ogi_ray.scaling.rates import MODALITIES
+from ogi_ray.corpus.config import MODALITIES
 
 NOT_LOSSES = ("recall@1",)  # eval scores where higher is better
 _TOKEN_COLUMNS = [f"tokens_{m}" for m in MODALITIES]

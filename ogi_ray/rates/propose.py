@@ -28,10 +28,10 @@ import yaml
 from scipy.optimize import minimize
 
 from ogi_ray.config import ConfigError, from_dict, load_yaml
+from ogi_ray.corpus.rates_file import RatesFile
 from ogi_ray.rates.config import SwarmConfig
 from ogi_ray.rates.measure import _fit, base_index, trial_arrays
 from ogi_ray.scaling.ratefit import tie_columns
-from ogi_ray.scaling.rates import RatesFile
 
 _ROUND = 6  # significant digits of the rates written into the proposed mixture
 

@@ -123,7 +123,7 @@ def _relocated(base: dict[str, Any], path: Path) -> dict[str, Any]:
     """The base mixture as a file in another folder says the same: paths relative to the
     mixture (a reused tokenizer) made absolute, and a pinned rates file replaced by the
     rates it pins (its folder does not move with the copy)."""
-    from ogi_ray.scaling.rates import mixture_rates
+    from ogi_ray.corpus.rates_file import mixture_rates
 
     out = dict(base)
     rates, source = mixture_rates(path, base)

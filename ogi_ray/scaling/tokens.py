@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ogi_ray.config import load_yaml
+from ogi_ray.corpus.rates_file import load_rates_file, mixture_rates
 from ogi_ray.scaling.errors import ScalingInputError
-from ogi_ray.scaling.rates import load_rates_file, mixture_rates
 
 MODALITIES = ("text", "image", "video", "audio", "proprio", "action")
 # A manifest's effective_tokens may be rounded; beyond this we say it disagrees.

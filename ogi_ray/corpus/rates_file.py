@@ -7,8 +7,8 @@
                                                                                   "file", "sha256", "name"}
 
 ``mixture_rates`` is the one place that decides which rates a mixture uses: `ogi plan
---mixture` calls it, and the corpus build is meant to (the manifest then records the
-second value as ``exchange_rates_source``), so a checkpoint's lineage names the rates
+--mixture` and the corpus build (``corpus.config.load_mixture``) call it; the manifest records the
+second value as ``exchange_rates_source``, so a checkpoint's lineage names the rates
 file its data budget used, or says the rates were configured by hand.
 
 The hash is SHA-256 of the canonical JSON (``ogi_ray.canonical``, RFC 8785 subset) of
@@ -27,9 +27,9 @@ from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical
 from ogi_ray.config import ConfigError, from_dict
+from ogi_ray.corpus.config import MODALITIES
 
 SCHEMA = "ogi-rates/1"
-MODALITIES = ("text", "image", "video", "audio", "proprio", "action")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
