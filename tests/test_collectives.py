@@ -28,7 +28,7 @@ def _host_collectives(rank, world):
 
     out = {}
     metrics = {"loss/lm": 1.0 + rank, "gradnorm_raw/lm": 2.0}
-    out["reduce"] = reduce_metrics(metrics, ["lm"], ntok=10.0 * (rank + 1))
+    out["reduce"] = reduce_metrics(metrics, ["lm"], [10.0 * (rank + 1), float(rank)])
     out["floats"] = broadcast_floats([float(rank), 7.0])
     out["object"] = broadcast_object({"from": rank})
     out["gather"] = gather_to_rank0(f"r{rank}")
@@ -52,7 +52,7 @@ def test_the_gpu_process_group_carries_every_host_collective():
     backend = process_group_backend(True, accelerator="gloo")  # "cpu:gloo,cuda:gloo"
     results = run_distributed(_host_collectives, 2, backend=backend, timeout=120.0)
     # Mean loss over ranks, summed tokens; rank 0's values everywhere.
-    assert [r["reduce"] for r in results] == [({"loss/lm": 1.5, "gradnorm_raw/lm": 2.0}, 30.0)] * 2
+    assert [r["reduce"] for r in results] == [({"loss/lm": 1.5, "gradnorm_raw/lm": 2.0}, [30.0, 1.0])] * 2
     assert [r["floats"] for r in results] == [[0.0, 7.0]] * 2
     assert [r["object"] for r in results] == [{"from": 0}] * 2
     assert results[0]["gather"] == ["r0", "r1"] and results[1]["gather"] == []

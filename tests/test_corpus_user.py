@@ -203,8 +203,11 @@ def test_unreachable_or_missing_inputs_fail_before_ray(data, tmp_path):
 def test_the_pretrained_tokenizer_corpus_trains_with_its_own_eos_and_pad(built, data):
     """The S3 corpus built with tokenizer.json trains (2 workers, run on S3 too): the model
     pads with the tokenizer's PAD, and the attention boundaries fall after its EOS."""
+    from dataclasses import replace
+
     import torch
 
+    from ogi_ray.config import ConfigError
     from ogi_ray.lineage.verify import verify_run
     from ogi_ray.storage import Store
     from ogi_ray.train.config import job_from_dict
@@ -218,7 +221,7 @@ def test_the_pretrained_tokenizer_corpus_trains_with_its_own_eos_and_pad(built, 
     storage = f"{data['bucket']}/runs"
     job = job_from_dict({
         "model": {"preset": "tiny", "vocab_size": tok["vocab_size"]},
-        "data": {"corpus": corpus, "batch_size": 4, "seq_len": 64, "accum_steps": 1},
+        "data": {"corpus": corpus, "batch_size": 4, "seq_len": 64, "accum_steps": 1, "max_audio_frames": 64},
         "loop": {"steps": 2, "checkpoint_every": 2, "log_every": 1},
         "workers": {"num_workers": 2, "cpus_per_worker": 0.5},
         "run": {"name": "hf-tok", "storage_path": storage},
@@ -233,8 +236,17 @@ def test_the_pretrained_tokenizer_corpus_trains_with_its_own_eos_and_pad(built, 
     cut = (doc[:, 1:] != doc[:, :-1]) & valid[:, 1:]  # a new document starts at t+1
     assert cut.any(), "no packed row holds two documents"
     assert (tokens[:, :-1][cut] == tok["eos_id"]).all()  # ... right after the EOS
+    # Fewer audio slots than the rows hold would shift the shares: refused, named.
+    with pytest.raises(ConfigError, match=r"modality audio.*audio 16 of 64"):
+        plan_launch(replace(job, data=replace(job.data, max_audio_frames=16)))
     summary = train(job, quiet=True)
     logged = read_rows(Store(f"{storage}/hf-tok"))
     assert [r["step"] for r in logged] == [0, 1] and all(np.isfinite(r["loss/lm"]) for r in logged)
     assert summary["steps"] == 2
+    # What was fed, counted by the trainer: text equals its own token count, and nothing
+    # is cut (the slots hold whole rows), so fed = raw for every modality.
+    last = logged[-1]
+    assert last["tokens_fed/text"] == last["tokens_seen"] == summary["tokens_by_modality"]["text"]
+    assert all(last[f"tokens_fed/{m}"] == last[f"tokens_raw/{m}"] for m in RATES if f"tokens_raw/{m}" in last)
+    assert sum(last[f"share/{s['name']}"] for s in m["sources"]) == pytest.approx(1.0)
     assert verify_run(f"{storage}/hf-tok") == []

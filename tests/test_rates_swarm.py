@@ -41,7 +41,8 @@ def swarm_config(tmp_path_factory):
         ],
     }  # fmt: skip
     job = {"model": {"preset": "tiny", "dim": 32, "n_heads": 2, "n_layers": 1},
-           "data": {"batch_size": 2, "accum_steps": 1, "seq_len": 32, "eval_rows_per_source": 4},
+           "data": {"batch_size": 2, "accum_steps": 1, "seq_len": 32, "eval_rows_per_source": 4,
+                    "accept_share_difference_pp": 100},  # as proxy.yaml: the swarm counts what was fed
            "workers": {"num_workers": 0, "threads": 1}, "tuner": {"enabled": False}}  # fmt: skip
     swarm = {"name": "mini", "base_job": "job.yaml", "base_mixture": "mix.yaml", "proxies": 2, "seed": 0,
              "design": {"steps": [2, 3], "spread": 4.0, "heldout_fraction": 0.3},

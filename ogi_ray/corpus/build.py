@@ -313,6 +313,7 @@ def _manifest(
             "rows": got["rows"], "unique_rows": got["unique_rows"], "heldout_rows": t.held_rows,
             "heldout_effective_tokens": round(sum(held[m] * rates.get(m, 0.0) for m in MODALITIES), 6),
             "tokens_by_modality": by_mod, "effective_by_modality": {m: round(n * rates[m], 6) for m, n in by_mod.items()},
+            "token_lengths": _lengths(got, s.modalities),
             "input_hash": f"{t.fingerprint:064x}", "excluded_rows": counts["excluded"], "skipped_rows": counts["skipped"],
         })  # fmt: skip
     shards = [{k: e[k] for k in ("path", "sha256", "rows", "effective_tokens")} for e in written]
@@ -329,6 +330,18 @@ def _manifest(
     }  # fmt: skip
     body["total_rows"] = sum(e["rows"] for e in body["shards"])
     return seal(body)
+
+
+def _lengths(stats: dict[str, int], modalities: list[str]) -> dict[str, dict[str, int]]:
+    """Per modality, {tokens in a row: rows with that many} (rows without it left out):
+    enough to count exactly what a model with any slot budget is fed
+    (train/accounting.py)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in modalities:
+        prefix = f"len/tokens_{m}/"
+        hist = {int(k[len(prefix) :]): v for k, v in stats.items() if k.startswith(prefix)}
+        out[m] = {str(n): hist[n] for n in sorted(hist)}
+    return out
 
 
 def _tokenizers(cfg: MixtureConfig, tok: TextTokenizer) -> dict[str, Any]:

@@ -194,7 +194,10 @@ def write_part(group: pa.Table, offsets: dict[int, int], staging: str) -> pa.Tab
         e["rows"] += 1
         e["unique_rows"] += int(d["repeat"][i] == 0)  # a row's first copy: rows taken at least once
         for c in TOKENS:
-            e[c] += d[c][i]
+            n = d[c][i]
+            e[c] += n
+            if n:  # the length histogram: what a model with fewer slots would be fed
+                e[f"len/{c}/{n}"] = e.get(f"len/{c}/{n}", 0) + 1
     entry = {"part": part, "path": rel, "sha256": digest, "rows": t.num_rows,
              "effective_tokens": math.fsum(t["effective_tokens"].to_pylist()),  # exact: order-free
              "stats": json.dumps(stats, sort_keys=True)}  # fmt: skip

@@ -73,11 +73,10 @@ def objective_losses(scores: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def model_slots(job: Any, manifest: dict[str, Any]) -> dict[str, int]:
     """Slots per row the model has for each modality: what collate keeps of a row."""
+    from ogi_ray.train.accounting import model_slots as slots_of  # the trainer's own rule
     from ogi_ray.train.launch import fit_model_to_corpus  # the launch plan's own layout rule
 
-    m = fit_model_to_corpus(job, manifest).model
-    return {"text": m.n_text, "image": m.n_img, "video": m.n_vid, "audio": m.n_aud,
-            "proprio": m.n_steps, "action": m.n_steps}  # fmt: skip
+    return slots_of(fit_model_to_corpus(job, manifest).model)
 
 
 def _token_table(corpus_dir: str | Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:

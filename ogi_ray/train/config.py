@@ -43,10 +43,16 @@ class DataConfig:
     max_audio_frames: int = 32  # audio slots
     max_steps: int = 16  # embodied timesteps per row (proprio and action slots)
     eval_rows_per_source: int = 16
+    # The launch refuses a model whose slots would cut rows so that the effective share
+    # it is fed of some (source, modality) differs from the manifest's by more than
+    # 0.5 pp (train/accounting.py); a larger value here accepts that much, on the record.
+    accept_share_difference_pp: float = 0.0
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
+        if not 0.0 <= self.accept_share_difference_pp <= 100.0:
+            raise ValueError("accept_share_difference_pp: must be in [0, 100]")
         if not 1 <= self.accum_steps <= self.max_accum_steps:
             raise ValueError("accum_steps: must be in [1, max_accum_steps]")
 

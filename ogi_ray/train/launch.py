@@ -28,8 +28,8 @@ from ogi_ray.canonical import canonical_json, hash_canonical
 from ogi_ray.config import ConfigError, to_dict
 from ogi_ray.parallel.device import process_group_backend, use_gpu
 from ogi_ray.storage import Store, absolute
+from ogi_ray.train import accounting, placement
 from ogi_ray.train import phases as phases_mod
-from ogi_ray.train import placement
 from ogi_ray.train.config import JobConfig
 from ogi_ray.train.phases import Phase
 from ogi_ray.train.stream import CorpusOrder
@@ -185,6 +185,7 @@ class LaunchPlan:
             "phases": [asdict(p) for p in self.phases],
             "orders": [{"paths": list(o.paths), "rows": list(o.rows)} for o in self.orders],
             "heldout": self.heldout,
+            "accounting": [asdict(accounting.Consumption.of(m)) for m in self.manifests],
         }  # fmt: skip
 
 
@@ -227,6 +228,9 @@ def prepare_launch(job: JobConfig, *, resume: bool = False, config_file: str | N
                                        mixture=job.data.mixture)  # verified once  # fmt: skip
     where = [f"phases[{i}].corpus" for i in range(len(job.phases))] or ["data.corpus"]
     job = phase_lambdas(fit_model_to_corpus(job, phases_mod.merged_manifest([m for _, m in corpora], where)))
+    slots = accounting.model_slots(job.model)
+    for (folder, m), field_name in zip(corpora, where, strict=False):
+        accounting.check_shares(m, slots, job.data.accept_share_difference_pp, f"{field_name} {folder}")
     res = {"CPU": job.workers.cpus_per_worker, **({"GPU": 1} if use_gpu(job.device) else {})}
     n = max(job.workers.num_workers, 1)
     # A discovered topology needs the cluster: until ``place``, plan as plain dp.

@@ -101,9 +101,11 @@ def by_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [last[s] for s in sorted(last)]
 
 
-def reduce_metrics(metrics: dict[str, Any], objectives: list[str], ntok: float) -> tuple[dict[str, float], float]:
+def reduce_metrics(metrics: dict[str, Any], objectives: list[str],
+                   counts: list[float]) -> tuple[dict[str, float], list[float]]:  # fmt: skip
     """Mean of each objective's loss and raw grad norm over the ranks that had it (ranks
-    differ in which objectives their rows feed), and the summed token count.
+    differ in which objectives their rows feed), and the ``counts`` (token counts: text
+    tokens, then the accounting vector) summed over ranks.
 
     One all-reduce of a small float64 host tensor: the process group has a CPU backend
     on every device (``parallel.device.process_group_backend``), so it never needs NCCL."""
@@ -111,8 +113,8 @@ def reduce_metrics(metrics: dict[str, Any], objectives: list[str], ntok: float) 
     vals: list[float] = []
     for k in keys:
         vals += [metrics.get(k, 0.0), 1.0 if k in metrics else 0.0]
-    t = torch.tensor(vals + [ntok], dtype=torch.float64)
+    t = torch.tensor(vals + list(counts), dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    pairs = t[:-1].view(-1, 2).tolist()
-    return {k: s / c for k, (s, c) in zip(keys, pairs, strict=True) if c > 0}, float(t[-1])
+    pairs = t[: len(vals)].view(-1, 2).tolist()
+    return {k: s / c for k, (s, c) in zip(keys, pairs, strict=True) if c > 0}, t[len(vals) :].tolist()

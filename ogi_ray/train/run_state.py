@@ -2,7 +2,8 @@
 optimizer), and which checkpoint a restarted worker group resumes from.
 
     RunState: step, the data cursor (rows of the current phase's corpus), rows and
-      tokens over all phases, phase, per-phase tokens, λ, accumulation, GNS, RNG, tuner
+      tokens over all phases, phase, per-phase tokens, λ, accumulation, GNS, RNG, tuner,
+      the tokens fed per (source, modality) of each phase (train/accounting.py)
     resume_point: the newer of Ray Train's latest checkpoint and the lineage HEAD's
 """
 
@@ -27,6 +28,7 @@ class RunState:
     lambdas: dict[str, float] = field(default_factory=dict)
     accum: int = 1
     gns: dict[str, Any] | None = None
+    consumed: dict[str, Any] = field(default_factory=dict)  # per phase name: accounting.Consumption state
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:

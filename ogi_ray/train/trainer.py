@@ -33,6 +33,7 @@ from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.storage import Store
 from ogi_ray.train import checkpoint as ckpt
+from ogi_ray.train.accounting import Consumption, model_slots
 from ogi_ray.train.config import JobConfig, job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, collate_step, read_heldout, seeded_generator
 from ogi_ray.train.lineage_hook import LineageHook, _call, checkpoint_name
@@ -61,6 +62,7 @@ class WorkerSpec:
     phases: list[Phase]
     orders: list[CorpusOrder]  # per phase: the corpus' global row order
     heldout: list[list[str]]  # per phase: held-out shard paths
+    accounting: list[Consumption]  # per phase: its sources, rates and target shares (empty counts)
 
     @classmethod
     def from_config(cls, c: dict[str, Any]) -> WorkerSpec:
@@ -69,7 +71,8 @@ class WorkerSpec:
                    batch_size=int(c["batch_size"]), plan=dict(c["plan"]),
                    phases=[Phase(**p) for p in c["phases"]],
                    orders=[CorpusOrder(tuple(o["paths"]), tuple(o["rows"])) for o in c["orders"]],
-                   heldout=[list(h) for h in c["heldout"]])  # fmt: skip
+                   heldout=[list(h) for h in c["heldout"]],
+                   accounting=[Consumption(**a) for a in c["accounting"]])  # fmt: skip
 
 
 def broadcast_floats(values: list[float]) -> list[float]:
@@ -137,17 +140,31 @@ class Feed:
         self.spec, self.dp_rank, self.dp = spec, dp_rank, dp
         self.streams: dict[int, RankStream] = {}
         self._heldout: dict[int, dict[str, Any]] = {}
+        self._slots = model_slots(spec.job.model)
+        self._counts: dict[int, list[float]] = {}  # step → this rank's raw/fed token vector
+        self._phase = 0
 
     def _collate(self, rows: list[dict[str, Any]], step: int) -> list[dict[str, torch.Tensor]]:
+        # The stream may collate the next step ahead (prefetch): counts wait by step.
+        acc = self.spec.accounting[self._phase]
+        vec = [0.0] * acc.size()
+        for r in rows:
+            vec = [a + b for a, b in zip(vec, acc.count(r, self._slots), strict=True)]
+        self._counts[step] = vec
         return collate_step(rows, self.spec.job.model, self.spec.job.loop.seed, step, self.dp_rank)
 
     def get(self, phase: int, step: int, cursor: int, accum: int) -> list[dict[str, torch.Tensor]]:
         if phase not in self.streams:
             for s in self.streams.values():  # the previous phase's reader is done
                 s.close()
+            self._phase, self._counts = phase, {}
             reader = RowReader(self.spec.orders[phase], COLUMNS)
             self.streams = {phase: RankStream(reader, self.dp_rank, self.dp, self.spec.batch_size, self._collate)}
         return self.streams[phase].get(step, cursor, accum)
+
+    def counts(self, step: int) -> list[float]:
+        """The raw/fed token vector of ``step``'s rows on this rank (accounting.Consumption)."""
+        return self._counts.pop(step)
 
     def heldout(self, phase: int) -> dict[str, dict[str, torch.Tensor]]:
         """The phase corpus' held-out rows per source, collated once."""
@@ -185,6 +202,7 @@ class Trainer:
         self.state = RunState(accum=stepper.plan.microbatches, lambdas=dict(self.lambdas.current))
         self.history: list[dict[str, Any]] = []
         self.start_step, self.scores = 0, {}
+        self._accounts: dict[int, Consumption] = {}  # per phase index
         self._pending: dict[str, Any] | None = None  # a checkpoint whose shards are being written
         with torch.device("meta"):  # the full model's count, not this rank's stage
             from ogi_ray.model import build
@@ -273,9 +291,16 @@ class Trainer:
         metrics = self.stepper.step.train(self.opt, self.sched, micro, lambdas=self.lambdas.current,
                                           world_target=self.world_target)  # fmt: skip
         st.step, st.cursor, st.rows = step + 1, st.cursor + accum * g_rows, st.rows + accum * g_rows
-        ntok = float(sum(int(m["n_tokens"]) for m in micro)) if self.counts_tokens else 0.0
-        row, total_tok = reduce_metrics(metrics, self.mcfg.objectives, ntok)
-        batch_tokens = int(round(total_tok))
+        counts = self.feed.counts(step)
+        ntok = float(sum(int(m["n_tokens"]) for m in micro))
+        if not self.counts_tokens:
+            ntok, counts = 0.0, [0.0] * len(counts)
+        row, summed = reduce_metrics(metrics, self.mcfg.objectives, [ntok, *counts])
+        batch_tokens = int(round(summed[0]))
+        acc = self._consumption(ph)
+        acc.add_vector(summed[1:])
+        st.consumed[ph.name] = acc.state_dict()
+        row.update(acc.metrics())
         st.tokens_seen += batch_tokens
         st.phase_tokens[ph.name] = st.phase_tokens.get(ph.name, 0) + batch_tokens
         now = time.perf_counter()
@@ -295,6 +320,15 @@ class Trainer:
         if self.log is not None:
             self.log.add(row)
         return row, now
+
+    def _consumption(self, ph: Phase) -> Consumption:
+        """The phase's cumulative count of tokens fed, continued from the RunState (so a
+        resumed run goes on counting where its checkpoint stopped)."""
+        if ph.index not in self._accounts:
+            a = self.spec.accounting[ph.index]
+            self._accounts[ph.index] = acc = Consumption(sources=a.sources, rates=a.rates, target=a.target)
+            acc.load_state_dict(self.state.consumed.get(ph.name))
+        return self._accounts[ph.index]
 
     def _control_batch(self, metrics: dict[str, Any], batch_tokens: int, accum: int) -> float | None:
         """Gradient noise scale (one global micro-batch vs the whole step) and, with a
@@ -356,6 +390,15 @@ class Trainer:
         if self.hook is not None:
             self.hook.append(fields)  # type: ignore[arg-type]
 
+    def _tokens_by_modality(self) -> dict[str, float]:
+        """Tokens fed per modality over every phase (what observe.py's rates count)."""
+        states = []
+        for ph in self.spec.phases:
+            c = Consumption(sources=self.spec.accounting[ph.index].sources, rates={}, target={})
+            c.load_state_dict(self.state.consumed.get(ph.name))
+            states.append(c)
+        return _sum_modalities(states)
+
     def summary(self) -> dict[str, Any]:
         def first_last(key: str) -> tuple[float | None, float | None]:
             vals = [h[key] for h in self.history if key in h]
@@ -369,9 +412,18 @@ class Trainer:
             "loss_first": losses["lm"][0], "loss_last": losses["lm"][1], "losses": losses,
             "final_record": self.hook.last_record if self.hook else "", "final_eval": dict(self.scores),
             "objectives": objectives,
+            "tokens_by_modality": self._tokens_by_modality(),
             "phases": [{"name": p.name, "start": p.start, "steps": p.steps, "token_budget": p.token_budget,
                         "tokens": st.phase_tokens.get(p.name, 0)} for p in self.spec.phases],
         }  # fmt: skip
+
+
+def _sum_modalities(states: list[Consumption]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in states:
+        for m, v in c.tokens_by_modality().items():
+            out[m] = out.get(m, 0.0) + v
+    return out
 
 
 def _ray_checkpoint(name: str) -> Any:
