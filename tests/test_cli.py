@@ -56,12 +56,16 @@ def _fake_run(folder: Path, metrics: str | None) -> Path:
 
 
 def test_report_skips_a_cut_last_line_and_names_a_missing_log(tmp_path, capsys):
-    rows = [{"step": s, "loss/lm": 5.0 - s, "lr": 1e-3, "tokens_per_s": 10.0} for s in range(4)]
+    rows = [{"step": s, "loss/lm": 5.0 - s, "lr": 1e-3, "tokens_per_s": 10.0, "share/web": 0.7 + 0.01 * s,
+             "share_target/web": 0.72, "share/code": 0.3 - 0.01 * s, "share_target/code": 0.28} for s in range(4)]  # fmt: skip
     text = "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "loss/l'  # a killed run
     run = _fake_run(tmp_path / "killed", text)
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr()
     assert "last line is cut short" in out.err and "4 steps" in out.out
+    report = (run / "report.md").read_text()  # the shares fed at step 3 beside the manifest's
+    assert "| web | 73.00 % | 72.00 % | +1.00 |" in report and "| code | 27.00 % | 28.00 % | -1.00 |" in report
+    assert (run / "shares.png").stat().st_size > 1000
     empty = _fake_run(tmp_path / "empty", None)
     assert main(["report", str(empty)]) == 2
     err = capsys.readouterr().err

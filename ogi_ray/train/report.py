@@ -72,11 +72,51 @@ def _plot(path: tuple[Store, str], rows: list[dict[str, Any]], keys: list[str], 
         ax.set_yscale("log")
     if len(keys) > 1:
         ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: tuple[Store, str]) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, dpi=90, format="png")
     plt.close(fig)
     path[0].write_atomic(path[1], buf.getvalue())
+
+
+def share_sources(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("share/")})
+
+
+def _plot_shares(path: tuple[Store, str], rows: list[dict[str, Any]]) -> None:
+    """Cumulative effective share fed per source (solid) and the manifest's (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, src in enumerate(share_sources(rows)):
+        color = f"C{i % 10}"
+        for key, style in ((f"share/{src}", "-"), (f"share_target/{src}", "--")):
+            x, y = _series(rows, key)
+            ax.plot(x, y, style, color=color, label=src if style == "-" else None, linewidth=1)
+    ax.set_title("effective share fed (solid) vs manifest (dashed)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def share_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: per source, the share fed so far, the manifest's and the gap in pp."""
+    last = rows[-1]
+    out = ["| source | fed | manifest | gap (pp) |", "|---|---|---|---|"]
+    for src in share_sources(rows):
+        fed, target = last.get(f"share/{src}"), last.get(f"share_target/{src}")
+        if fed is not None and target is not None:
+            out.append(f"| {src} | {100 * fed:.2f} % | {100 * target:.2f} % | {100 * (fed - target):+.2f} |")
+    return out
 
 
 def balance(rows: list[dict[str, Any]], after: int = 0) -> tuple[float | None, list[float]]:
@@ -121,6 +161,8 @@ def write_report(run_dir: str | Path | Store, warmup: int | None = None, *, out:
     _plot((out, "lr.png"), rows, ["lr"], "learning rate")
     _plot((out, "batch.png"), rows, ["batch_tokens", "critical_batch_tokens", "target_batch_tokens"], "batch (tokens)")
     _plot((out, "throughput.png"), rows, ["tokens_per_s"], "tokens/s")
+    if share_sources(rows):
+        _plot_shares((out, "shares.png"), rows)
     n = len(rows)
     k = max(1, n // 10)
     lines = [f"# Run report: {run.uri.rpartition('/')[2]}", "", f"{n} steps, {rows[-1].get('tokens_seen', 0)} tokens.", "",
@@ -145,7 +187,12 @@ def write_report(run_dir: str | Path | Store, warmup: int | None = None, *, out:
     if tps:
         lines += ["", f"Throughput: median {sorted(tps)[len(tps) // 2]:.0f} text tokens/s"
                   + (f", median MFU {100 * sorted(mfu)[len(mfu) // 2]:.2f} %." if mfu else ".")]  # fmt: skip
+    if share_sources(rows):
+        lines += ["", f"Effective shares fed up to step {rows[-1]['step']} (a short run samples the corpus "
+                  "order; over an epoch they are the manifest's unless the launch accepted a gap):", "",
+                  *share_table(rows)]  # fmt: skip
     lines += ["", "![losses](losses.png) ![lambdas](lambdas.png) ![gradnorms](gradnorms.png)",
-              "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)", ""]  # fmt: skip
+              "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)"
+              + (" ![shares](shares.png)" if share_sources(rows) else ""), ""]  # fmt: skip
     out.write_atomic("report.md", "\n".join(lines).encode())
     return out.where("report.md")
