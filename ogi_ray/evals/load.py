@@ -24,20 +24,25 @@ from ogi_ray.evals.common import EvalError, LoadedModel
 STEP_DIR = re.compile(r"step_(\d{6})$")
 
 
-def checkpoint_dir(run: str | Path, step: int | None) -> Path:
-    """RUN/step_NNNNNN for ``step``, or the newest one with a lineage marker."""
+def checkpoint_steps(run: str | Path) -> list[int]:
+    """The steps of RUN's checkpoints (folders step_NNNNNN with a lineage marker), sorted."""
     run = Path(run)
     if not run.is_dir():
         raise EvalError(f"{run}: not a run folder")
-    steps = sorted(int(m.group(1)) for p in run.iterdir() if (m := STEP_DIR.match(p.name))
-                   and (p / "lineage.json").is_file())  # fmt: skip
+    return sorted(int(m.group(1)) for p in run.iterdir() if (m := STEP_DIR.match(p.name))
+                  and (p / "lineage.json").is_file())  # fmt: skip
+
+
+def checkpoint_dir(run: str | Path, step: int | None) -> Path:
+    """RUN/step_NNNNNN for ``step``, or the newest one."""
+    steps = checkpoint_steps(run)
     if not steps:
         raise EvalError(f"{run}: no checkpoint (step_NNNNNN/lineage.json)")
     if step is None:
         step = steps[-1]
     if step not in steps:
         raise EvalError(f"{run}: no checkpoint for step {step} (have {steps})")
-    return run / f"step_{step:06d}"
+    return Path(run) / f"step_{step:06d}"
 
 
 def load_run(run: str, step: int | None = None) -> LoadedModel:
