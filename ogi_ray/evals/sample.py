@@ -147,10 +147,13 @@ def sample_actions(model: nn.Module, batch: dict[str, torch.Tensor], *, seeds: S
     if len(seeds) != batch["act"].shape[0]:
         raise ValueError(f"sample_actions: {len(seeds)} seeds for {batch['act'].shape[0]} rows")
     x0 = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    cfg = model.cfg
+    # Actions attend to video, states and actions only: run those slots (the act slots last).
+    idx = slot_indices(cfg, {k: None for k in ("vid", "prop", "act") if cfg.layout.sizes()[k]})
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _, out = model({**batch, "act_xt": x, "flow_t": t})
-        return out["act_v"]
+        h = backbone_on(model, model.embed({**batch, "act_xt": x, "flow_t": t}), idx)
+        return model.embod_head(h[:, -cfg.n_steps :])  # (B, n_steps, act_dim), as heads()' act_v
 
     x = euler_sample(velocity, x0, steps=steps)
     return x * batch["act_dims"][:, None, :] * batch["step_present"][..., None]

@@ -1,0 +1,88 @@
+"""Wall time of each eval-suite benchmark, beside one training step, per model preset.
+
+    python benchmarks/eval_suite.py --corpus DIR [--presets tiny small] [--suite quick|full]
+        [--threads 1] [--seq 128] [--video-tubelets 64|128] [--batch 8]
+
+For each preset: the model is fitted to the corpus' layout (train/driver.fit_model_to_corpus,
+as a job would be), randomly initialised (seed 0: wall time depends on shapes, not on
+what was learned, except that a trained model may stop generating earlier), one training
+step on ``--batch`` rows is timed (median of 3, after one warm-up), then the suite runs
+with ``--threads`` torch threads. One JSON line per preset: step seconds, and each
+benchmark's seconds and its number of scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ogi_ray.corpus.manifest import load_manifest, shard_paths
+from ogi_ray.evals.common import LoadedModel
+from ogi_ray.evals.suite import QUICK, SuiteConfig, run_suite
+from ogi_ray.model import build
+from ogi_ray.parallel.device import DeviceConfig, resolve
+from ogi_ray.train import loop
+from ogi_ray.train.config import job_from_dict
+from ogi_ray.train.data import COLUMNS, collate, seeded_generator
+from ogi_ray.train.driver import fit_model_to_corpus
+from ogi_ray.train.optim import build_optimizer
+
+
+def step_seconds(model, world_target, job, corpus: str, batch: int) -> float:
+    table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(corpus)])
+    opt, sched = build_optimizer(model, job.optim, 10)
+    placement = resolve(DeviceConfig(device="cpu", precision="fp32"))
+    times = []
+    for step in range(4):
+        b = collate(table.slice(step * batch, batch).to_pydict(), job.model, seeded_generator(0, step, 0))
+        t0 = time.perf_counter()
+        loop.train_step(model, opt, sched, [b], cfg=job.model, placement=placement, grad_clip=1.0,
+                        lambdas={}, world_target=world_target)  # fmt: skip
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--video-tubelets", type=int, default=64, help="data.max_video_tubelets (128: small.yaml)")
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    manifest = load_manifest(args.corpus)
+    tok = (Path(args.corpus) / manifest["tokenizers"]["text"]["file"]).read_text()
+    suite = replace(QUICK if args.suite == "quick" else SuiteConfig(), threads=args.threads)
+    for name in args.presets:
+        job = job_from_dict({"model": {"preset": name, "vocab_size": int(manifest["tokenizers"]["text"]["vocab_size"])},
+                             "data": {"corpus": args.corpus, "seq_len": args.seq,
+                                      "max_video_tubelets": args.video_tubelets}})  # fmt: skip
+        job = fit_model_to_corpus(job, manifest)
+        torch.manual_seed(0)
+        model = build(job.model)
+        target = loop.make_world_target(model)
+        torch.set_num_threads(args.threads)
+        step = step_seconds(model, target, job, args.corpus, args.batch)
+        lm = LoadedModel(model.eval(), job.model, manifest, tok, corpus_dir=args.corpus, world_target=target)
+        t0 = time.perf_counter()
+        result = run_suite(lm, suite)
+        per = {b: {"seconds": round(s, 2), "scores": sum(k.startswith(f"{b}/") for k in result.scores)}
+               for b, s in result.seconds.items()}  # fmt: skip
+        print(json.dumps({"preset": name, "params": model.num_params(), "seq_len": job.model.max_seq_len,
+                          "suite": args.suite, "threads": args.threads, "train_step_s": round(step, 3),
+                          "batch": args.batch, "suite_s": round(time.perf_counter() - t0, 2),
+                          "benchmarks": per, "skipped": result.skipped}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
