@@ -8,13 +8,15 @@ as a job would be), randomly initialised (seed 0: wall time depends on shapes, n
 what was learned, except that a trained model may stop generating earlier), one training
 step on ``--batch`` rows is timed (median of 3, after one warm-up), then the suite runs
 with ``--threads`` torch threads. One JSON line per preset: step seconds, and each
-benchmark's seconds and its number of scores.
+benchmark's seconds and its number of scores, and the machine's load average (on a
+shared machine the times scale with it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -81,7 +83,8 @@ def main() -> None:
         print(json.dumps({"preset": name, "params": model.num_params(), "seq_len": job.model.max_seq_len,
                           "suite": args.suite, "threads": args.threads, "train_step_s": round(step, 3),
                           "batch": args.batch, "suite_s": round(time.perf_counter() - t0, 2),
-                          "benchmarks": per, "skipped": result.skipped}), flush=True)  # fmt: skip
+                          "benchmarks": per, "skipped": result.skipped,
+                          "load_avg_1min": round(os.getloadavg()[0], 1)}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ from ogi_ray.train.losses import world_targets
 HUMANEVAL_JSONL_SHA256 = "1d49078ba3e2b196b9344535bef34a43021f038fad9561d6ee7c53450609a6a2"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as the suite runs (and fast on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def problems():
     return humaneval.load_problems(humaneval.Config())

@@ -17,7 +17,7 @@ followed by the labels as int64 little-endian: the exact values used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class Config:
     C: float = 1.0  # inverse L2 strength of the probe
     max_iter: int = 1000
     zero_shot: bool = True
-    templates: tuple[str, ...] = ("{digit}", "the number {word}", "a handwritten digit {word}")
+    templates: list[str] = field(default_factory=lambda: ["{digit}", "the number {word}", "a handwritten digit {word}"])
     batch_size: int = 256
 
 
@@ -95,7 +95,7 @@ def zero_shot_accuracy(img_lat: torch.Tensor, class_lat: torch.Tensor, labels: n
     return float(np.mean(torch.argmax(sims, dim=1).numpy() == labels))
 
 
-def class_latents(lm: LoadedModel, templates: tuple[str, ...]) -> torch.Tensor:
+def class_latents(lm: LoadedModel, templates: list[str]) -> torch.Tensor:
     """(10, D): per class, the mean over templates of the normalised caption latents."""
     bpe = load_bpe(lm.tokenizer_json)
     texts = [t.format(digit=k, word=WORDS[k]) for k in range(10) for t in templates]

@@ -25,7 +25,7 @@ window puts the current step last, where training rows also have no later state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,8 @@ COLUMNS = ("video_tubelets", "proprio", "action", "proprio_dim", "action_dim")
 
 @dataclass(kw_only=True)
 class Config:
-    tasks: tuple[str, ...] | None = None  # None: every task the corpus trained on
-    seeds: tuple[int, ...] = (1000, 1001)  # held-out episode seeds
+    tasks: list[str] | None = None  # None: every task the corpus trained on
+    seeds: list[int] = field(default_factory=lambda: [1000, 1001])  # held-out episode seeds
     max_steps: int = 150  # episode limit (the builder's default)
     size: int = 64  # render side in px: the builder's default, which the shipped mixtures use
     camera: str = "corner"
@@ -93,7 +93,7 @@ def skip_reason(lm: LoadedModel, config: Config) -> str | None:
 def episodes(lm: LoadedModel, config: Config) -> list[tuple[str, int]]:
     """The held-out (task, seed) pairs, checked against the trained episodes."""
     trained = trained_episodes(lm)
-    tasks = config.tasks or tuple(sorted({t for t, _ in trained}))
+    tasks = config.tasks or sorted({t for t, _ in trained})
     clash = sorted({(t, s) for t, s in trained if t in tasks and s in config.seeds})
     if clash:
         raise EvalError(f"metaworld.seeds: {clash} were trained on; held-out seeds must differ")

@@ -30,7 +30,7 @@ BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (heldout, humaneval, dig
 
 @dataclass(kw_only=True)
 class SuiteConfig:
-    benchmarks: tuple[str, ...] = tuple(BENCHMARKS)  # which to run, in BENCHMARKS order
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))  # which to run (always in BENCHMARKS order)
     threads: int = 1  # torch intra-op threads (part of what makes the bits repeat)
     heldout: heldout.Config = field(default_factory=heldout.Config)
     humaneval: humaneval.Config = field(default_factory=humaneval.Config)
@@ -50,7 +50,7 @@ QUICK = SuiteConfig(
     humaneval=humaneval.Config(n_problems=4, max_new_tokens=16, samples_per_problem=1),
     digits=digits.Config(max_samples=200),
     world=world.Config(rows_per_source=8),
-    metaworld=embodied.Config(seeds=(1000,), max_steps=20),
+    metaworld=embodied.Config(seeds=[1000], max_steps=20),
 )
 
 
@@ -95,3 +95,37 @@ def run_suite(lm: LoadedModel, config: SuiteConfig | None = None) -> SuiteResult
             scores.update(got)
             seconds[name] = time.perf_counter() - t0
     return SuiteResult(scores, descriptors, skipped, seconds)
+
+
+def config_from_json(benchmarks: list[dict[str, Any]], threads: int) -> SuiteConfig:
+    """The SuiteConfig that produced recorded ``benchmarks`` descriptors (to re-run them).
+
+    Refuses a descriptor whose benchmark is unknown or whose version this code is not."""
+    from ogi_ray.config import from_dict
+
+    kwargs: dict[str, Any] = {}
+    for i, d in enumerate(benchmarks):
+        name = d.get("name")
+        if name not in BENCHMARKS:
+            raise EvalError(f"benchmarks[{i}].name: unknown benchmark {name!r} (known: {list(BENCHMARKS)})")
+        if d.get("version") != BENCHMARKS[name].VERSION:
+            raise EvalError(f"benchmarks[{i}].version: {name} {d.get('version')!r} recorded, this code runs "
+                            f"{BENCHMARKS[name].VERSION!r}")  # fmt: skip
+        kwargs[name] = from_dict(BENCHMARKS[name].Config, d.get("config", {}), prefix=f"benchmarks[{i}].config")
+    return SuiteConfig(benchmarks=[d["name"] for d in benchmarks], threads=threads, **kwargs)
+
+
+def check_recorded(lm: LoadedModel, recorded: dict[str, Any], threads: int) -> list[str]:
+    """Re-run a recorded eval vector (``SuiteResult.to_json()``) on ``lm``; [] when every
+    data hash and every score string is reproduced, else one line per difference."""
+    result = run_suite(lm, config_from_json(recorded["benchmarks"], threads))
+    problems = []
+    now = {d.name: d.data_sha256 for d in result.descriptors}
+    for d in recorded["benchmarks"]:
+        if now.get(d["name"]) != d["data_sha256"]:
+            problems.append(f"{d['name']}: data hash {now.get(d['name'])} differs from the recorded {d['data_sha256']}")
+    got, want = result.recorded_scores(), recorded["scores"]
+    for k in sorted(set(got) | set(want)):
+        if got.get(k) != want.get(k):
+            problems.append(f"{k}: re-run gives {got.get(k)}, recorded {want.get(k)}")
+    return problems
