@@ -117,6 +117,20 @@ def patch_config(manifest: dict[str, Any]) -> PatchConfig:
         raise EvalError(f"manifest: field 'tokenizers' lacks {e}") from None
 
 
+def heldout_paths(lm: LoadedModel) -> list[Path]:
+    """The corpus' held-out shard files, in manifest order (each checked to exist)."""
+    paths = [Path(lm.corpus_dir) / s["path"] for s in lm.manifest.get("heldout_shards", [])]
+    for p in paths:
+        if not p.is_file():
+            raise EvalError(f"{p}: listed in the manifest's 'heldout_shards' but missing")
+    return paths
+
+
+def heldout_sha256(lm: LoadedModel) -> str:
+    """The data hash of the benchmarks that read held-out rows: the shard files' bytes."""
+    return sha256_files(heldout_paths(lm), root=Path(lm.corpus_dir))
+
+
 def sources_of_kind(manifest: dict[str, Any], kind: str) -> list[str]:
     """Names of the corpus' sources built by the builder ``kind``."""
     return [s["name"] for s in manifest.get("sources", []) if s.get("kind") == kind]

@@ -57,6 +57,7 @@ class Config:
 
 def trained_episodes(lm: LoadedModel) -> list[tuple[str, int]]:
     """(task, seed) of every Meta-World episode in the corpus' training shards."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -66,18 +67,13 @@ def trained_episodes(lm: LoadedModel) -> list[tuple[str, int]]:
     out = set()
     for path in shard_paths(lm.corpus_dir):
         t = pq.read_table(path, columns=["source", "doc_id"])
-        for doc in pc.unique(t.filter(pc.is_in(t["source"], value_set=pa_array(names)))["doc_id"]).to_pylist():
+        mine = t.filter(pc.is_in(t["source"], value_set=pa.array(names, pa.string())))
+        for doc in pc.unique(mine["doc_id"]).to_pylist():
             task, _, seed = doc.partition(":seed")
             if not seed.isdigit():
                 raise EvalError(f"{path}: doc_id {doc!r} of a {KIND} source is not '<task>:seed<k>'")
             out.add((task, int(seed)))
     return sorted(out)
-
-
-def pa_array(values: list[str]) -> Any:
-    import pyarrow as pa
-
-    return pa.array(values, pa.string())
 
 
 def skip_reason(lm: LoadedModel, config: Config) -> str | None:

@@ -4,7 +4,7 @@ Data: the first ``rows_per_source`` held-out rows of each source (train/data.rea
 collated with the worker's generator (seed, step −1, rank 0), scored by
 train/loop.evaluate: ``<objective>/<source>`` losses, ``perplexity/<source>`` for lm,
 ``recall@1/<source>`` for captioned images. Scores are prefixed ``heldout/``.
-``data_sha256``: the held-out shard files (as in world.py).
+``data_sha256``: the held-out shard files (common.heldout_sha256).
 
 The random parts of a collated batch (MAE mask, second view, flow-matching time and
 noise) come from that fixed generator, so these are the figures the training workers
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ogi_ray.evals.common import LoadedModel
-from ogi_ray.evals.world import data_sha256 as _shards_sha256
-from ogi_ray.evals.world import heldout_paths
+from ogi_ray.evals.common import LoadedModel, heldout_paths, heldout_sha256
 
 NAME = "heldout"
 VERSION = "1"
@@ -36,7 +34,7 @@ def skip_reason(lm: LoadedModel, config: Config) -> str | None:
 
 
 def data_sha256(lm: LoadedModel, config: Config) -> str:
-    return _shards_sha256(lm, config)
+    return heldout_sha256(lm)
 
 
 def run(lm: LoadedModel, config: Config) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ogi_ray.evals import sample
-from ogi_ray.evals.common import EvalError, LoadedModel, deterministic, patch_config
+from ogi_ray.evals.common import EvalError, LoadedModel, deterministic, heldout_paths, patch_config
 
 LoadFn = Callable[[str, "int | None"], LoadedModel]
 
@@ -44,7 +44,6 @@ def corpus_captions(lm: LoadedModel) -> list[str]:
 def heldout_observation(lm: LoadedModel, index: int) -> tuple[str, dict[str, Any]]:
     """(where it is from, one embodied row's media columns) from the held-out set."""
     from ogi_ray.evals import embodied
-    from ogi_ray.evals.world import heldout_paths
     from ogi_ray.train.data import read_heldout
 
     found = []

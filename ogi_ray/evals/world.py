@@ -4,7 +4,7 @@ are the targets informative at all?
 Data: the corpus' held-out rows with video (up to ``rows_per_source`` per source, first
 rows in file order: train/data.read_heldout, as the training-side eval reads them).
 ``data_sha256`` is the SHA-256 of the held-out shard files' bytes, in manifest order
-(path, length and bytes of each; the same bytes the manifest hashes one by one).
+(common.heldout_sha256: path, length and bytes of each).
 
     rows ─► collate ─► model ─► world_pred (B, C−1, E): chunk c+1 predicted from chunk c
     tubelets ─► train/losses.world_targets (the EMA target encoder, pooled per chunk,
@@ -21,11 +21,10 @@ rows in file order: train/data.read_heldout, as the training-side eval reads the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ogi_ray.evals.common import EvalError, LoadedModel, sha256_files
+from ogi_ray.evals.common import EvalError, LoadedModel, heldout_paths, heldout_sha256
 from ogi_ray.evals.forward import model_batch
 from ogi_ray.model.objectives import world_loss
 from ogi_ray.train.data import read_heldout
@@ -40,14 +39,6 @@ class Config:
     rows_per_source: int = 64  # held-out rows read per source (those with video are used)
 
 
-def heldout_paths(lm: LoadedModel) -> list[Path]:
-    paths = [Path(lm.corpus_dir) / s["path"] for s in lm.manifest.get("heldout_shards", [])]
-    for p in paths:
-        if not p.is_file():
-            raise EvalError(f"{p}: listed in the manifest's 'heldout_shards' but missing")
-    return paths
-
-
 def skip_reason(lm: LoadedModel, config: Config) -> str | None:
     if lm.cfg.layout.n_chunks < 2 or getattr(lm.model, "world_head", None) is None:
         return "the model has fewer than two video time chunks (no world objective)"
@@ -57,7 +48,7 @@ def skip_reason(lm: LoadedModel, config: Config) -> str | None:
 
 
 def data_sha256(lm: LoadedModel, config: Config) -> str:
-    return sha256_files(heldout_paths(lm), root=Path(lm.corpus_dir))
+    return heldout_sha256(lm)
 
 
 def video_batch(lm: LoadedModel, config: Config) -> dict[str, torch.Tensor]:
