@@ -178,3 +178,28 @@ def test_load_run_and_ogi_sample(corpus, job, tmp_path, capsys):
     captions = out.split("[captions nearest to")[1].split("[action chunk]")[0].strip().splitlines()[1:]
     assert len(captions) == 3 and all(line.split(maxsplit=1)[1].strip() for line in captions)
     assert "button-press-v3" in out or "held-out row robot" in out
+
+
+@pytest.mark.slow
+def test_closed_loop_replaying_the_expert_succeeds(corpus, job, monkeypatch):
+    """The loop executes the current step's action and reads Meta-World's success: fed
+    the expert's recorded actions, it succeeds where the expert did (a random model never
+    does, so the suite's success figure alone would not catch a broken loop)."""
+    lm = loaded(corpus, job[1].model)
+    cfg = embodied.Config(seeds=[1000], max_steps=80)
+    eps = embodied.episodes(lm, cfg)
+    ep = embodied.expert(*eps[0], cfg)
+    assert bool(ep["success"]) and len(ep["action"]) < cfg.max_steps
+    calls = []
+
+    def replay(model, b, *, seeds, steps):
+        t = len(calls)
+        calls.append(t)
+        chunk = torch.zeros(b["act"].shape)
+        if t < len(ep["action"]):
+            chunk[0, int(b["step_present"][0].sum()) - 1, :4] = torch.from_numpy(ep["action"][t])
+        return chunk
+
+    monkeypatch.setattr(embodied, "sample_actions", replay)
+    assert embodied.closed_loop(lm, eps, cfg) == [True]
+    assert abs(len(calls) - len(ep["action"])) <= 2  # it stopped at success, not at max_steps
