@@ -11,8 +11,9 @@ Pure functions of (model, its ModelConfig, inputs, seed); no Ray, no files (the
     action:  embodied batch ─► x0 ~ N(0, I) (seeded) ─► Euler steps of the flow-matching
              velocity (t = 0 noise → t = 1 data, objectives.euler_sample) ─► (B, n_steps, act_dim)
 
-Every random draw comes from a ``torch.Generator`` seeded by the caller, one per row for
-text, so a row's sample does not depend on which other rows share its batch.
+Every random draw comes from a ``torch.Generator`` seeded by the caller, one per row, so
+a row's draws do not depend on which other rows share its batch (its logits may still
+differ in the last bits with the batch's size, so a benchmark fixes its batch size).
 """
 
 from __future__ import annotations
