@@ -7,9 +7,10 @@ For each preset: the model is fitted to the corpus' layout (train/driver.fit_mod
 as a job would be), randomly initialised (seed 0: wall time depends on shapes, not on
 what was learned, except that a trained model may stop generating earlier), one training
 step on ``--batch`` rows is timed (median of 3, after one warm-up), then the suite runs
-with ``--threads`` torch threads. One JSON line per preset: step seconds, and each
-benchmark's seconds and its number of scores, and the machine's load average (on a
-shared machine the times scale with it).
+with ``--threads`` torch threads, one benchmark at a time. One JSON line per preset: the
+step's seconds, each benchmark's wall and CPU seconds (this process and its children:
+the sandboxed HumanEval programs) and number of scores, and the load average. On a
+shared machine wall time scales with the load; CPU time much less.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from dataclasses import replace
@@ -38,18 +40,26 @@ from ogi_ray.train.driver import fit_model_to_corpus
 from ogi_ray.train.optim import build_optimizer
 
 
-def step_seconds(model, world_target, job, corpus: str, batch: int) -> float:
+def step_seconds(model, world_target, job, corpus: str, batch: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of a training step of ``batch`` rows (after a warm-up)."""
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(corpus)])
     opt, sched = build_optimizer(model, job.optim, 10)
     placement = resolve(DeviceConfig(device="cpu", precision="fp32"))
-    times = []
+    wall, cpu = [], []
     for step in range(4):
         b = collate(table.slice(step * batch, batch).to_pydict(), job.model, seeded_generator(0, step, 0))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loop.train_step(model, opt, sched, [b], cfg=job.model, placement=placement, grad_clip=1.0,
                         lambdas={}, world_target=world_target)  # fmt: skip
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall[1:]), statistics.median(cpu[1:])
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the sandboxed programs)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -74,18 +84,23 @@ def main() -> None:
         model = build(job.model)
         target = loop.make_world_target(model)
         torch.set_num_threads(args.threads)
-        step = step_seconds(model, target, job, args.corpus, args.batch)
+        step_wall, step_cpu = step_seconds(model, target, job, args.corpus, args.batch)
         lm = LoadedModel(model.eval(), job.model, manifest, tok, corpus_dir=args.corpus, world_target=target)
-        t0 = time.perf_counter()
-        result = run_suite(lm, suite)
-        per = {b: {"seconds": round(s, 2), "scores": sum(k.startswith(f"{b}/") for k in result.scores)}
-               for b, s in result.seconds.items()}  # fmt: skip
+        per, skipped = {}, {}
+        for bench in suite.benchmarks:  # one at a time, to charge CPU time (with children) to each
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            result = run_suite(lm, replace(suite, benchmarks=[bench]))
+            skipped.update(result.skipped)
+            if bench in result.seconds:
+                per[bench] = {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(cpu_seconds() - cpu0, 2),
+                              "scores": len(result.scores)}  # fmt: skip
         print(json.dumps({"preset": name, "params": model.num_params(), "seq_len": job.model.max_seq_len,
-                          "suite": args.suite, "threads": args.threads, "train_step_s": round(step, 3),
-                          "batch": args.batch, "suite_s": round(time.perf_counter() - t0, 2),
-                          "benchmarks": per, "skipped": result.skipped,
+                          "suite": args.suite, "threads": args.threads,
+                          "train_step_wall_s": round(step_wall, 3), "train_step_cpu_s": round(step_cpu, 3),
+                          "batch": args.batch, "benchmarks": per, "skipped": skipped,
+                          "total_wall_s": round(sum(b["wall_s"] for b in per.values()), 1),
+                          "total_cpu_s": round(sum(b["cpu_s"] for b in per.values()), 1),
                           "load_avg_1min": round(os.getloadavg()[0], 1)}), flush=True)  # fmt: skip
-
 
 if __name__ == "__main__":
     main()
