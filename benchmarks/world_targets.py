@@ -1,6 +1,13 @@
 """Is a run's world loss learning, collapse, or a trivial task? Measures every checkpoint.
 
     python benchmarks/world_targets.py RUN [--rows 64] [--before-fix]
+    python benchmarks/world_targets.py --train CORPUS [--steps 100] [--every 50]
+        [--ema-decay 1.0] [--lambda-world 1.0] [--tuner off] [--batch 32]
+
+``--train`` measures a bare training loop instead of a run: the tiny preset fitted to
+CORPUS (seq 128, as the demo), bare_loop.py's step (train/loop.train_step, one
+micro-batch of --batch rows in corpus order, one thread), fixed λ (1, λ_world as given)
+or the tuner in process, measured at step 0 and every --every steps.
 
 For the initial weights (step 0: the trainer's torch.manual_seed(loop.seed) then build),
 each checkpoint (ogi_ray.evals.load) and for the corpus' video and robot rows
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,14 +94,66 @@ def initial(lm, seed: int):
     return replace(lm, model=model, world_target=make_world_target(model))
 
 
+def train_and_measure(args: argparse.Namespace) -> None:
+    from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.evals.common import LoadedModel
+    from ogi_ray.model import build
+    from ogi_ray.parallel.device import DeviceConfig, resolve
+    from ogi_ray.train.config import job_from_dict
+    from ogi_ray.train.data import collate, seeded_generator
+    from ogi_ray.train.driver import fit_model_to_corpus
+    from ogi_ray.train.loop import make_world_target, train_step
+    from ogi_ray.train.optim import build_optimizer
+    from ogi_ray.train.tuner import LossWeightTuner, TunerConfig
+
+    manifest = load_manifest(args.train)
+    job = job_from_dict({"model": {"preset": "tiny", "ema_decay": args.ema_decay},
+                         "data": {"corpus": args.train, "seq_len": 128}, "loop": {"steps": args.steps},
+                         "optim": {"lr": 3e-3, "min_lr": 3e-4}})  # fmt: skip
+    cfg = fit_model_to_corpus(job, manifest).model
+    torch.manual_seed(0)
+    model = build(cfg)
+    target = make_world_target(model)
+    opt, sched = build_optimizer(model, job.optim, args.steps)
+    placement = resolve(DeviceConfig(device="cpu", precision="fp32"))
+    table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.train)])
+    tuner = LossWeightTuner(TunerConfig(objectives=cfg.objectives, warmup=10, enabled=args.tuner == "on"))
+    fixed = {k: (args.lambda_world if k == "world" else 1.0) for k in cfg.objectives}
+    tok = (Path(args.train) / manifest["tokenizers"]["text"]["file"]).read_text()
+    lm = LoadedModel(model, cfg, manifest, tok, corpus_dir=args.train, world_target=target)
+    batches = source_batches(lm, args.rows)
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            for src, b in batches.items():
+                print(json.dumps({"step": step, "source": src, "ema_decay": args.ema_decay,
+                                  "lambda_world": args.lambda_world, "tuner": args.tuner,
+                                  **{k: round(v, 6) for k, v in measure(lm, b, False).items()}}), flush=True)  # fmt: skip
+        if step == args.steps:
+            break
+        rows = table.take([(step * args.batch + i) % table.num_rows for i in range(args.batch)]).to_pydict()
+        m = train_step(model, opt, sched, [collate(rows, cfg, seeded_generator(0, step, 0))], cfg=cfg,
+                       placement=placement, grad_clip=1.0, world_target=target,
+                       lambdas=tuner.weights() if args.tuner == "on" else fixed)  # fmt: skip
+        tuner.report(step, {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("gradnorm_raw/")})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run")
+    ap.add_argument("run", nargs="?", help="run folder (or --train CORPUS)")
+    ap.add_argument("--train", default="", help="corpus folder: measure a bare training loop instead")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--ema-decay", type=float, default=1.0)
+    ap.add_argument("--lambda-world", type=float, default=1.0)
+    ap.add_argument("--tuner", choices=["on", "off"], default="off")
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="the run's loop.seed (step-0 weights)")
     ap.add_argument("--before-fix", action="store_true", help="targets as the objective computed them before the fix")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.train:
+        return train_and_measure(args)
     steps = checkpoint_steps(args.run)
     if not steps:
         raise SystemExit(f"{args.run}: no checkpoints")
