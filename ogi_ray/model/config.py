@@ -33,7 +33,10 @@ class ModelConfig:
     prop_dim: int = 16  # proprio vectors zero-padded to this width
     act_dim: int = 16  # action vectors zero-padded to this width
     mask_ratio: float = 0.75  # MAE
-    ema_decay: float = 0.99  # world-model target encoder
+    # World-model target encoder: θ̄ ← decay·θ̄ + (1 − decay)·θ after each step. 1.0 keeps
+    # the initial random projection: with the EMA (0.99, 0.999) the robot-video targets
+    # collapsed as the online embedder did (docs/objectives.md, "Was the world loss collapse?").
+    ema_decay: float = 1.0
 
     def validate(self) -> None:
         if self.dim % self.n_heads:

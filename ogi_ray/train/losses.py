@@ -5,6 +5,7 @@
                                 between the pooled masked view and the augmented view
                      ─► align   CLIP loss: pooled image/video latents vs caption latents
                      ─► world   next-chunk latent vs stop-gradient EMA tubelet encoder
+                                of mean-removed tubelets (world_targets)
                      ─► embod   flow-matching velocity on valid steps and action dims
 
 An objective is present in a step only when the batch has rows it applies to (and at
@@ -37,6 +38,31 @@ VISION_CONTRASTIVE_WEIGHT = 0.5
 def pooled(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x (B, n, D), mask (B, n) → (B, D): the mean over each row's present slots."""
     return masked_mean(x, mask, dim=1)
+
+
+def world_pairs(vid_present: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """vid_present (B, n_vid) → (B, C−1) bool: chunk c and c+1 both fully present."""
+    lay = cfg.layout
+    chunk_present = vid_present.unflatten(1, (lay.n_chunks, lay.vid_group)).all(2)  # (B, C)
+    return chunk_present[:, :-1] & chunk_present[:, 1:]
+
+
+@torch.no_grad()
+def world_targets(vid: torch.Tensor, weight: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """vid (B, n_vid, vid_dim) tubelet pixels, weight (E, vid_dim) of the EMA target
+    encoder → (B, C, E) float32 target latent of every time chunk (stop-gradient):
+    LN(mean over the chunk's tubelets of W·(x − mean(x)))."""
+    lay = cfg.layout
+    # No bias, and each tubelet's mean pixel removed: a constant offset says nothing about
+    # the next chunk. Pixels in [0, 1] share a large mean (≈ 0.4), so W·x ≈ x̄·(W·1) for
+    # every tubelet; after pooling and normalising, every target was nearly the same
+    # vector (pairwise cosine 0.99 at init), and the EMA encoder then collapsed onto it
+    # (docs/objectives.md, "Was the world loss collapse?").
+    tgt = F.linear(vid - vid.mean(-1, keepdim=True), weight)
+    tgt = tgt.unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, E)
+    # Layer-normed targets (as V-JEPA does): the EMA encoder's scale drifts as it
+    # trains, and an unnormalised target makes the loss track that drift.
+    return F.layer_norm(tgt.float(), tgt.shape[-1:])
 
 
 def compute_losses(
@@ -74,18 +100,10 @@ def compute_losses(
             losses["align"] = clip_loss(zi, zt, out["logit_scale"])
 
     if "world_pred" in out and world_target is not None:
-        chunk_present = b["vid_present"].unflatten(1, (lay.n_chunks, lay.vid_group)).all(2)  # (B, C)
-        valid = chunk_present[:, :-1] & chunk_present[:, 1:]
+        valid = world_pairs(b["vid_present"], cfg)
         if bool(valid.any()):
-            with torch.no_grad():
-                # No bias: a constant offset says nothing about the next chunk, and after
-                # pooling and normalising it would dominate the target (a trivial loss).
-                tgt = F.linear(b["vid"], world_target.weight)
-                tgt = tgt.unflatten(1, (lay.n_chunks, lay.vid_group)).mean(2)  # (B, C, D)
-                # Layer-normed targets (as V-JEPA does): the EMA encoder's scale drifts as it
-                # trains, and an unnormalised target makes the loss track that drift.
-                tgt = F.layer_norm(tgt.float(), tgt.shape[-1:])
-            losses["world"] = world_loss(out["world_pred"].float(), tgt[:, 1:].float(), valid)
+            tgt = world_targets(b["vid"], world_target.weight, cfg)
+            losses["world"] = world_loss(out["world_pred"].float(), tgt[:, 1:], valid)
 
     if "act_v" in out:
         rows = b["step_present"].any(1)

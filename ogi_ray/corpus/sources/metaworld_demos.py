@@ -73,10 +73,9 @@ def instruction(task: str) -> str:
     return task.removesuffix("-v3").replace("-", " ")
 
 
-def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dict[str, np.ndarray]:
-    """Run the expert for one seeded episode; returns video, proprio, action, success."""
+def make_env(task: str, seed: int) -> object:
+    """The seeded goal-observable v3 environment of ``task`` (not yet reset)."""
     import metaworld
-    import mujoco
     from metaworld.policies import ENV_POLICY_MAP
 
     envs = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
@@ -84,8 +83,13 @@ def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dic
         raise ValueError(
             f"metaworld_demos: unknown task {task!r} (known: {sorted(ENV_POLICY_MAP)})"
         )
-    env = envs[f"{task}-goal-observable"](seed=seed)
-    policy = ENV_POLICY_MAP[task]()
+    return envs[f"{task}-goal-observable"](seed=seed)
+
+
+def make_renderer(env: object, size: int) -> object:
+    """An offscreen ``mujoco.Renderer`` (EGL) without shadows and reflections."""
+    import mujoco
+
     try:
         renderer = mujoco.Renderer(env.model, size, size)
     except Exception as e:  # no EGL/GL context: say what to install instead of a GL trace
@@ -96,6 +100,23 @@ def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dic
         ) from e
     renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
     renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+    return renderer
+
+
+def render(renderer: object, env: object, camera: str) -> np.ndarray:
+    """The (size, size, 3) uint8 frame the agent sees now (corner cameras flipped upright)."""
+    renderer.update_scene(env.data, camera=camera)
+    frame = renderer.render()
+    return np.flipud(frame) if camera.startswith("corner") else frame
+
+
+def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dict[str, np.ndarray]:
+    """Run the expert for one seeded episode; returns video, proprio, action, success."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    env = make_env(task, seed)
+    policy = ENV_POLICY_MAP[task]()
+    renderer = make_renderer(env, size)
     frames, proprio, actions, success = [], [], [], False
     try:
         obs, _ = env.reset(seed=seed)
@@ -104,9 +125,7 @@ def rollout(task: str, seed: int, max_steps: int, size: int, camera: str) -> dic
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(max_steps):
                 action = np.clip(policy.get_action(obs), -1.0, 1.0)
-                renderer.update_scene(env.data, camera=camera)
-                frame = renderer.render()
-                frames.append(np.flipud(frame) if camera.startswith("corner") else frame)
+                frames.append(render(renderer, env, camera))
                 proprio.append(obs[:4])
                 actions.append(action)
                 obs, _reward, terminated, truncated, info = env.step(action)
