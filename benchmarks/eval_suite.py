@@ -22,13 +22,13 @@ import resource
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from ogi_ray.corpus.manifest import load_manifest, shard_paths
+from ogi_ray.corpus.text_tokenizer import from_corpus
 from ogi_ray.evals.common import LoadedModel
 from ogi_ray.evals.suite import QUICK, SuiteConfig, run_suite
 from ogi_ray.model import build
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     manifest = load_manifest(args.corpus)
-    tok = (Path(args.corpus) / manifest["tokenizers"]["text"]["file"]).read_text()
+    tok = from_corpus(args.corpus)
     suite = replace(QUICK if args.suite == "quick" else SuiteConfig(), threads=args.threads)
     for name in args.presets:
         job = job_from_dict({"model": {"preset": name, "vocab_size": int(manifest["tokenizers"]["text"]["vocab_size"])},

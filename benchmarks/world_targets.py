@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ogi_ray.corpus.manifest import shard_paths
+from ogi_ray.corpus.text_tokenizer import from_corpus
 from ogi_ray.evals.forward import model_batch
 from ogi_ray.evals.load import checkpoint_steps, load_run
 from ogi_ray.evals.world import scores_from
@@ -118,7 +118,7 @@ def train_and_measure(args: argparse.Namespace) -> None:
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.train)])
     tuner = LossWeightTuner(TunerConfig(objectives=cfg.objectives, warmup=10, enabled=args.tuner == "on"))
     fixed = {k: (args.lambda_world if k == "world" else 1.0) for k in cfg.objectives}
-    tok = (Path(args.train) / manifest["tokenizers"]["text"]["file"]).read_text()
+    tok = from_corpus(args.train)
     lm = LoadedModel(model, cfg, manifest, tok, corpus_dir=args.train, world_target=target)
     batches = source_batches(lm, args.rows)
     for step in range(args.steps + 1):

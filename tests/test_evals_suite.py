@@ -74,11 +74,12 @@ def job(corpus):
 
 def loaded(corpus, cfg) -> LoadedModel:
     from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.corpus.text_tokenizer import from_corpus
     from ogi_ray.model import build
     from ogi_ray.train.step import make_world_target
 
     model = build(cfg, seed=0).eval()
-    return LoadedModel(model, cfg, load_manifest(corpus), (corpus / "tokenizer.json").read_text(),
+    return LoadedModel(model, cfg, load_manifest(corpus), from_corpus(corpus),
                        corpus_dir=str(corpus), world_target=make_world_target(cfg, 0, torch.device("cpu")))  # fmt: skip
 
 

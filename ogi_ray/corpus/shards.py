@@ -104,7 +104,7 @@ def block_stats(batch: pa.Table) -> pa.Table:
         b, inv = np.unique(bucket_of(np.asarray([d["h_sel"][i] for i in np.flatnonzero(tr)], np.int64)),
                            return_inverse=True)  # fmt: skip
         hist = np.zeros((len(b), 1 + len(MODALITIES)), np.int64)
-        np.add.at(hist, inv, np.concatenate([np.ones((len(inv), 1), np.int64), tr_tok.reshape(len(inv), -1)], 1))
+        np.add.at(hist, inv, np.concatenate([np.ones((len(inv), 1), np.int64), tr_tok.reshape(len(inv), len(TOKENS))], 1))
         fp = sum(int.from_bytes(hashlib.sha256(f"{d['row_key'][i]}\0{d['raw_hash'][i]}".encode()).digest(), "big")
                  for i in np.flatnonzero(mine))  # fmt: skip
         out["sources"][name] = {

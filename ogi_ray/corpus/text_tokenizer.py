@@ -50,6 +50,18 @@ class TextTokenizer:
     def file(self) -> str:
         return "tokenizer.tiktoken" if self.kind == "tiktoken" else "tokenizer.json"
 
+    def encode(self, text: str) -> list[int]:
+        """The ids of one text, no specials added."""
+        return self.encode_batch([text])[0].tolist()
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``; special tokens (BOS, EOS, PAD) are dropped."""
+        enc = _encoder(self.kind, self.data, self.pattern, tuple(sorted(self.specials.items())))
+        ids = [int(i) for i in ids if int(i) not in (self.bos_id, self.eos_id, self.pad_id)]
+        if self.kind == "tiktoken":
+            return enc.decode(ids)
+        return enc.decode(ids, skip_special_tokens=False)
+
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         """int32 ids of each text, no specials added ('' gives no ids)."""
         out = [np.zeros(0, np.int32)] * len(texts)

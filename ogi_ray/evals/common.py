@@ -1,7 +1,7 @@
 """What every benchmark shares: the loaded model, descriptors, hashing, determinism.
 
     LoadedModel (model in eval mode on CPU, its ModelConfig, the corpus manifest, the
-    text tokenizer's JSON, the corpus folder, the EMA world target) ─► a benchmark's
+    corpus' text tokenizer (its own BOS/EOS/PAD), the corpus folder, the EMA world target) ─► a benchmark's
     ``run(lm, config) -> {score_name: float}``
 
 A benchmark module defines ``NAME``, ``VERSION``, a ``Config`` dataclass, and
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ogi_ray.corpus.config import PatchConfig
+from ogi_ray.corpus.text_tokenizer import TextTokenizer
 from ogi_ray.model.config import ModelConfig
 
 
@@ -44,7 +45,7 @@ class LoadedModel:
     model: nn.Module
     cfg: ModelConfig
     manifest: dict[str, Any]
-    tokenizer_json: str
+    tokenizer: TextTokenizer
     corpus_dir: str = ""  # a local folder or any pyarrow URI
     world_target: nn.Module | None = None
     seed: int = 0  # the run's loop.seed (held-out rows are collated with it)

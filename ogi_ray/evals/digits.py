@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ogi_ray.corpus.tokenize import EOS_ID, load_bpe
 from ogi_ray.evals.common import LoadedModel, patch_config, sha256_bytes
 from ogi_ray.evals.sample import image_latents, text_latents
 
@@ -97,9 +96,9 @@ def zero_shot_accuracy(img_lat: torch.Tensor, class_lat: torch.Tensor, labels: n
 
 def class_latents(lm: LoadedModel, templates: list[str]) -> torch.Tensor:
     """(10, D): per class, the mean over templates of the normalised caption latents."""
-    bpe = load_bpe(lm.tokenizer_json)
+    bpe = lm.tokenizer
     texts = [t.format(digit=k, word=WORDS[k]) for k in range(10) for t in templates]
-    lat = text_latents(lm.model, lm.cfg, [bpe.encode(s).ids + [EOS_ID] for s in texts])  # (10·T, D)
+    lat = text_latents(lm.model, lm.cfg, [bpe.encode(s) + [bpe.eos_id] for s in texts])  # (10·T, D)
     return F.normalize(lat.double(), dim=-1).view(10, len(templates), -1).mean(1)
 
 

@@ -77,17 +77,21 @@ def slot_indices(cfg: ModelConfig, segments: dict[str, int | None]) -> torch.Ten
     return torch.cat(parts)
 
 
-def backbone_on(model: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def backbone_on(model: nn.Module, x: torch.Tensor, idx: torch.Tensor,
+                text_doc: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """x (B, S, D) embedded slots, idx (k,) slot indices closed under attention → h (B, k, D).
 
     The model's blocks and final norm, with its rotary tables and mask restricted to
-    ``idx`` (what ``MultimodalTransformer.backbone`` does on all S slots)."""
+    ``idx`` (what ``MultimodalTransformer.backbone`` does on all S slots); ``text_doc``
+    (B, T), the batch's document ids, cuts text attention at document boundaries as the
+    full forward does."""
     mask = model.attn_mask
     keep = torch.zeros(mask.shape[0], dtype=torch.bool)
     keep[idx] = True
     if bool(mask[idx][:, ~keep].any()):
         raise ValueError("backbone_on: a chosen slot attends to a slot outside the choice")
-    cos, sin, m = model.rope_cos[idx], model.rope_sin[idx], mask[idx][:, idx]
+    full = model.attention_mask(text_doc)  # (S, S) or (B, 1, S, S)
+    cos, sin, m = model.rope_cos[idx], model.rope_sin[idx], full[..., idx, :][..., idx]
     h = x[:, idx]
     for layer in model.layers:
         h = layer(h, cos, sin, m)
@@ -104,5 +108,5 @@ def text_logits(model: nn.Module, cfg: ModelConfig, batch: dict[str, torch.Tenso
 
     Text attends only to earlier text, so these equal the full layout's logits at those
     slots (tests/test_evals_units.py checks it); the embedding is the model's own."""
-    h = backbone_on(model, model.embed(batch), slot_indices(cfg, {"txt": n}))
+    h = backbone_on(model, model.embed(batch), slot_indices(cfg, {"txt": n}), batch.get("text_doc"))
     return model.lm_head(h)

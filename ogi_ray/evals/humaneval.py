@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ogi_ray.corpus.tokenize import EOS_ID, load_bpe
 from ogi_ray.evals.common import EvalError, LoadedModel, sha256_bytes
 from ogi_ray.evals.forward import text_batch, text_logits
 from ogi_ray.evals.sample import generate
@@ -113,11 +112,11 @@ def windows(n_context: int, n_target: int, n_text: int, stride: int) -> list[tup
 
 def canonical_nll(lm: LoadedModel, problems: list[dict[str, Any]], config: Config) -> tuple[float, int, int]:
     """(total NLL in nats, solution tokens, solution UTF-8 bytes) of the canonical solutions."""
-    bpe, cfg = load_bpe(lm.tokenizer_json), lm.cfg
+    bpe, cfg = lm.tokenizer, lm.cfg
     seqs, targets = [], []
     n_tok = n_bytes = 0
     for p in problems:
-        ctx, sol = bpe.encode(p["prompt"]).ids, bpe.encode(p["canonical_solution"]).ids
+        ctx, sol = bpe.encode(p["prompt"]), bpe.encode(p["canonical_solution"])
         ids = ctx + sol
         n_tok, n_bytes = n_tok + len(sol), n_bytes + len(p["canonical_solution"].encode())
         for start, first, end in windows(len(ctx), len(sol), cfg.n_text, config.stride):
@@ -141,11 +140,11 @@ def canonical_nll(lm: LoadedModel, problems: list[dict[str, Any]], config: Confi
 
 def completions(lm: LoadedModel, problems: list[dict[str, Any]], config: Config) -> list[list[str]]:
     """``samples_per_problem`` truncated completions per problem, each from its own seed."""
-    bpe = load_bpe(lm.tokenizer_json)
+    bpe = lm.tokenizer
     k = config.samples_per_problem
     prompts, seeds = [], []
     for i, p in enumerate(problems):
-        ids = bpe.encode(p["prompt"]).ids
+        ids = bpe.encode(p["prompt"])
         for s in range(k):
             prompts.append(ids)
             seeds.append((config.seed * 1_000_003 + i) * 1009 + s)
@@ -157,8 +156,8 @@ def completions(lm: LoadedModel, problems: list[dict[str, Any]], config: Config)
     for lo in range(0, len(prompts), config.batch_size):
         new = generate(lm.model, lm.cfg, prompts[lo : lo + config.batch_size], max_new=config.max_new_tokens,
                        temperature=config.temperature, top_k=config.top_k, seeds=seeds[lo : lo + config.batch_size],
-                       stop=stop)  # fmt: skip
-        out += [truncate(bpe.decode([t for t in ids if t != EOS_ID])) for ids in new]
+                       stop=stop, eos_id=bpe.eos_id)  # fmt: skip
+        out += [truncate(bpe.decode(ids)) for ids in new]
     return [out[i * k : (i + 1) * k] for i in range(len(problems))]
 
 

@@ -62,6 +62,7 @@ def load_run(run: str | Path | Store, step: int | None = None) -> LoadedModel:
     from safetensors.torch import load as st_load
 
     from ogi_ray.corpus.manifest import load_manifest
+    from ogi_ray.corpus.text_tokenizer import from_corpus
     from ogi_ray.lineage.locations import corpus_location
     from ogi_ray.model import build
     from ogi_ray.train import checkpoint
@@ -88,6 +89,5 @@ def load_run(run: str | Path | Store, step: int | None = None) -> LoadedModel:
     if target is not None and ckpt.is_file(checkpoint.WORLD_TARGET):
         target.load_state_dict(st_load(ckpt.read_bytes(checkpoint.WORLD_TARGET)))
     manifest = load_manifest(corpus)
-    tok = Store(corpus).read_text(manifest["tokenizers"]["text"]["file"])
-    return LoadedModel(model=model, cfg=job.model, manifest=manifest, tokenizer_json=tok,
+    return LoadedModel(model=model, cfg=job.model, manifest=manifest, tokenizer=from_corpus(corpus),
                        corpus_dir=str(corpus), world_target=target, seed=job.loop.seed)  # fmt: skip

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ogi_ray.corpus.config import PatchConfig
-from ogi_ray.corpus.tokenize import EOS_ID, image_patches, load_bpe
+from ogi_ray.corpus.text_tokenizer import TextTokenizer
+from ogi_ray.corpus.tokenize import image_patches
 from ogi_ray.evals.forward import (
     backbone_on,
     model_batch,
@@ -55,9 +56,9 @@ def pick_token(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.
 def generate(
     model: nn.Module, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new: int,
     temperature: float, top_k: int, seeds: Sequence[int],
-    stop: Callable[[list[int]], bool] | None = None,
+    stop: Callable[[list[int]], bool] | None = None, eos_id: int = -1,
 ) -> list[list[int]]:  # fmt: skip
-    """The new ids of each prompt (prompt ids excluded).
+    """The new ids of each prompt (prompt ids excluded); ``eos_id`` is the tokenizer's EOS.
 
     A prompt longer than ``n_text − max_new`` keeps its last tokens (the model has only
     n_text text slots). A row ends at ``max_new`` ids, at EOS (kept), when ``stop(ids)``
@@ -83,7 +84,7 @@ def generate(
             batch["text_valid"][i, lengths[i]] = True
             lengths[i] += 1
             new[i].append(tok)
-            done = tok == EOS_ID or len(new[i]) >= max_new or lengths[i] >= cfg.n_text
+            done = tok == eos_id or len(new[i]) >= max_new or lengths[i] >= cfg.n_text
             if not (done or (stop is not None and stop(new[i]))):
                 still.append(i)
         active = still
@@ -91,14 +92,15 @@ def generate(
 
 
 def continue_text(
-    model: nn.Module, cfg: ModelConfig, tokenizer_json: str, prompt: str, *, max_tokens: int = 64,
+    model: nn.Module, cfg: ModelConfig, tokenizer: TextTokenizer, prompt: str, *, max_tokens: int = 64,
     temperature: float = 0.8, top_k: int = 40, seed: int = 0,
 ) -> str:  # fmt: skip
     """The model's continuation of ``prompt`` as text ('' prompt: start after EOS)."""
-    bpe = load_bpe(tokenizer_json)
-    ids = bpe.encode(prompt).ids if prompt else [EOS_ID]
-    (out,) = generate(model, cfg, [ids], max_new=max_tokens, temperature=temperature, top_k=top_k, seeds=[seed])
-    return bpe.decode([t for t in out if t != EOS_ID])
+    bpe = tokenizer
+    ids = bpe.encode(prompt) if prompt else [bpe.eos_id]
+    (out,) = generate(model, cfg, [ids], max_new=max_tokens, temperature=temperature, top_k=top_k, seeds=[seed],
+                      eos_id=bpe.eos_id)  # fmt: skip
+    return bpe.decode(out)  # the tokenizer's specials (EOS) are dropped
 
 
 def image_latents(model: nn.Module, cfg: ModelConfig, images: Sequence[np.ndarray], patch_cfg: PatchConfig,
@@ -119,20 +121,20 @@ def image_latents(model: nn.Module, cfg: ModelConfig, images: Sequence[np.ndarra
 def text_latents(model: nn.Module, cfg: ModelConfig, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
     """Each text's pooled caption latent (N, D), as the align objective pools it."""
     b = text_batch(cfg, [list(t) for t in token_lists])
-    h = backbone_on(model, model.embed(b), slot_indices(cfg, {"txt": None}))  # (N, n_text, D)
+    h = backbone_on(model, model.embed(b), slot_indices(cfg, {"txt": None}), b.get("text_doc"))  # (N, n_text, D)
     return pooled(model.align_txt(h), b["text_valid"])
 
 
 def nearest_captions(
-    model: nn.Module, cfg: ModelConfig, tokenizer_json: str, image: np.ndarray, captions: Sequence[str],
+    model: nn.Module, cfg: ModelConfig, tokenizer: TextTokenizer, image: np.ndarray, captions: Sequence[str],
     patch_cfg: PatchConfig, *, k: int = 5,
 ) -> list[tuple[str, float]]:  # fmt: skip
     """The ``k`` captions whose latents are nearest (cosine) to the image's."""
     if not captions:
         raise ValueError("nearest_captions: no candidate captions")
-    bpe = load_bpe(tokenizer_json)
+    bpe = tokenizer
     _, img = image_latents(model, cfg, [image], patch_cfg)
-    txt = text_latents(model, cfg, [bpe.encode(c).ids + [EOS_ID] for c in captions])
+    txt = text_latents(model, cfg, [bpe.encode(c) + [bpe.eos_id] for c in captions])
     sims = (F.normalize(txt.float(), dim=-1) @ F.normalize(img.float(), dim=-1).T)[:, 0]  # (N,)
     order = torch.argsort(sims, descending=True, stable=True)[:k]
     return [(captions[i], float(sims[i])) for i in order.tolist()]

@@ -29,15 +29,14 @@ def corpus_captions(lm: LoadedModel) -> list[str]:
     import pyarrow.parquet as pq
 
     from ogi_ray.corpus.manifest import shard_paths
-    from ogi_ray.corpus.tokenize import EOS_ID, load_bpe
 
-    bpe, seen = load_bpe(lm.tokenizer_json), {}
+    bpe, seen = lm.tokenizer, {}
     for split in ("train", "heldout"):
         for path in shard_paths(lm.corpus_dir, split):
             t = pq.read_table(path, columns=["text_tokens", "tokens_image", "tokens_video"]).to_pydict()
             for ids, n_img, n_vid in zip(t["text_tokens"], t["tokens_image"], t["tokens_video"], strict=True):
                 if ids and (n_img or n_vid):
-                    seen.setdefault(bpe.decode([i for i in np.frombuffer(ids, "<i4").tolist() if i != EOS_ID]), None)
+                    seen.setdefault(bpe.decode(np.frombuffer(ids, "<i4").tolist()), None)
     return list(seen)
 
 
@@ -78,7 +77,7 @@ def print_actions(where: str, row: dict[str, Any], lm: LoadedModel, seed: int) -
 def cmd_sample(args: argparse.Namespace, load_fn: LoadFn) -> int:
     lm = load_fn(args.run, args.step)
     with deterministic(args.threads):
-        text = sample.continue_text(lm.model, lm.cfg, lm.tokenizer_json, args.prompt, max_tokens=args.max_tokens,
+        text = sample.continue_text(lm.model, lm.cfg, lm.tokenizer, args.prompt, max_tokens=args.max_tokens,
                                     temperature=args.temperature, top_k=args.top_k, seed=args.seed)  # fmt: skip
         print(f"[text] T={args.temperature} top-k={args.top_k} seed={args.seed} max {args.max_tokens} tokens")
         print(f"{args.prompt}\033[1m{text}\033[0m" if args.color else f"{args.prompt}{text}")
@@ -88,7 +87,7 @@ def cmd_sample(args: argparse.Namespace, load_fn: LoadFn) -> int:
             from PIL import Image
 
             image = np.asarray(Image.open(args.image).convert("RGB"))
-            near = sample.nearest_captions(lm.model, lm.cfg, lm.tokenizer_json, image, corpus_captions(lm),
+            near = sample.nearest_captions(lm.model, lm.cfg, lm.tokenizer, image, corpus_captions(lm),
                                            patch_config(lm.manifest), k=args.k)  # fmt: skip
             print(f"\n[captions nearest to {args.image}]")
             for cap, sim in near:
