@@ -183,11 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     e.set_defaults(func=_cmd_export)
 
+    from ogi_ray.evals import sample_cli
+
+    sample_cli.register(sub, "ogi_ray.evals.load:load_run")
+
     lin = sub.add_parser("lineage", help="checkpoint lineage").add_subparsers(dest="sub", required=True)
     from ogi_ray.lineage import cli as lineage_cli
 
     # Segment replay re-runs training steps, so it lives in train; the CLI composes them.
-    lineage_cli.register(lin, replay="ogi_ray.train.replay:replay_segment")
+    lineage_cli.register(lin, replay="ogi_ray.train.replay:replay_segment", evals="ogi_ray.evals.attest:recheck")
 
     from ogi_ray.parallel import cli as parallel_cli
     from ogi_ray.rates import cli as rates_cli

@@ -33,18 +33,19 @@ def readme_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory):
-    """Each README command in order; returns the scratch folder and each one's stderr."""
+    """Each README command in order; returns the scratch folder, each one's stderr and
+    each one's stdout."""
     here = tmp_path_factory.mktemp("readme")
     for name in ("datasets", "jobs", ".venv"):
         (here / name).symlink_to(ROOT / name)
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     env.pop("RAY_ADDRESS", None)
-    errs = {}
+    errs, outs = {}, {}
     for cmd in readme_commands():
         res = subprocess.run(["bash", "-c", cmd], cwd=here, env=env, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, f"README command failed: {cmd}\n{res.stderr[-3000:]}"
-        errs[cmd] = res.stderr
-    return here, errs
+        errs[cmd], outs[cmd] = res.stderr, res.stdout
+    return here, errs, outs
 
 
 def test_the_readme_shows_these_commands():
@@ -54,7 +55,7 @@ def test_the_readme_shows_these_commands():
 
 
 def test_train_prints_json_on_stdout_and_progress_on_stderr(readme_run):
-    here, errs = readme_run
+    here, errs, _ = readme_run
     summary = json.loads((here / "runs" / "result.json").read_text())  # nothing else on stdout
     assert summary["steps"] == 4 and summary["checkpoints"] == ["step_000002", "step_000004"]
     train_err = next(e for c, e in errs.items() if " train " in c)
@@ -63,7 +64,7 @@ def test_train_prints_json_on_stdout_and_progress_on_stderr(readme_run):
 
 
 def test_the_run_trains_every_objective_and_chains(readme_run):
-    here, _ = readme_run
+    here, _, _ = readme_run
     run = here / "runs" / "demo"
     rows = read_rows(Store(run))
     assert [r["step"] for r in rows] == list(range(4))
@@ -82,7 +83,7 @@ def test_the_run_trains_every_objective_and_chains(readme_run):
 
 
 def test_a_second_train_into_the_run_is_refused_before_ray_starts(readme_run, capsys):
-    here, _ = readme_run
+    here, _, _ = readme_run
     cfg = str(ROOT / "jobs" / "configs" / "demo.yaml")
     out = str(here / "runs")
     assert main(["train", "--config", cfg, "--out", out, f"data.corpus={here / 'runs' / 'demo-corpus'}"]) == 2
@@ -96,7 +97,7 @@ def test_a_second_train_into_the_run_is_refused_before_ray_starts(readme_run, ca
 
 
 def test_verify_rejects_a_flipped_weight_byte(readme_run, tmp_path, capsys):
-    here, _ = readme_run
+    here, _, _ = readme_run
     copy = tmp_path / "copy"
     shutil.copytree(here / "runs" / "demo", copy)
     weights = copy / "step_000002" / "model" / "shard-00002-model-00001-of-00001.safetensors"
@@ -107,3 +108,50 @@ def test_verify_rejects_a_flipped_weight_byte(readme_run, tmp_path, capsys):
     assert main(["lineage", "verify", str(copy)]) == 1
     err = capsys.readouterr().err
     assert "step 2" in err and "shard-00002-model-00001-of-00001.safetensors" in err
+
+
+def test_every_checkpoint_is_attested_and_verify_reruns_the_evals(readme_run):
+    """The demo's checkpoints carry the five benchmarks' scores in attestations (committed
+    by the eval actor, not the trainer); the README's verify --evals 2 re-ran both."""
+    from ogi_ray.lineage.attest import attestation_chain
+
+    here, errs, _ = readme_run
+    run = here / "runs" / "demo"
+    atts = attestation_chain(Store(run / "lineage"))
+    assert [a["step"] for _, a in atts] == [2, 4]
+    for _, att in atts:
+        assert [d["name"] for d in att["benchmarks"]] == ["heldout", "humaneval", "digits", "world", "metaworld"]
+        assert {"humaneval/canonical_loss", "digits/probe_acc", "world/error_ratio", "metaworld/success",
+                "heldout/perplexity/code"} <= set(att["scores"])  # fmt: skip
+    verify_err = next(e for c, e in errs.items() if "lineage verify" in c)
+    assert verify_err.count("re-ran the eval vector of step") == 2 and "FAILED" not in verify_err
+
+
+def test_an_edited_and_rehashed_score_fails_the_eval_rerun(readme_run, tmp_path, capsys):
+    """A forger edits the last attestation's score and re-hashes it (a consistent-looking
+    chain): only re-running the eval catches it."""
+    from ogi_ray.canonical import canonical_json, hash_canonical
+    from ogi_ray.lineage.attest import attestation_chain
+
+    here, _, _ = readme_run
+    copy = tmp_path / "copy"
+    shutil.copytree(here / "runs" / "demo", copy)
+    ldir = copy / "lineage"
+    (h, att), = attestation_chain(Store(ldir))[-1:]
+    att["scores"]["digits/probe_acc"] = "0.999999"
+    (ldir / "attestations" / f"{h}.json").unlink()
+    new = hash_canonical(att)
+    (ldir / "attestations" / f"{new}.json").write_bytes(canonical_json(att))
+    (ldir / "ATTEST_HEAD").write_text(new + "\n")
+    capsys.readouterr()
+    assert main(["lineage", "verify", str(copy), "--no-corpus"]) == 0  # every hash holds
+    assert main(["lineage", "verify", str(copy), "--no-corpus", "--evals", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "eval of step 4" in err and "digits/probe_acc: re-run gives" in err and "recorded 0.999999" in err
+
+
+def test_ogi_sample_prints_a_continuation_and_an_action_chunk(readme_run):
+    _, _, outs = readme_run
+    out = next(o for c, o in outs.items() if " sample " in c)
+    assert out.startswith("[text] T=0.8 top-k=40 seed=0 max 16 tokens\ndef ")
+    assert "[action chunk]" in out and "sampled action" in out

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # the parser is built without torch: heavy imports happen when a command runs
+    from ogi_ray.evals.common import LoadedModel
 
-from ogi_ray.evals import sample
-from ogi_ray.evals.common import EvalError, LoadedModel, deterministic, heldout_paths, patch_config
-
-LoadFn = Callable[[str, "int | None"], LoadedModel]
+LoadFn = Callable[[str, "int | None"], "LoadedModel"]
 
 
 def corpus_captions(lm: LoadedModel) -> list[str]:
     """Every distinct caption of a corpus row with an image or video, in first-seen order."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from ogi_ray.corpus.manifest import shard_paths
@@ -43,10 +42,11 @@ def corpus_captions(lm: LoadedModel) -> list[str]:
 def heldout_observation(lm: LoadedModel, index: int) -> tuple[str, dict[str, Any]]:
     """(where it is from, one embodied row's media columns) from the held-out set."""
     from ogi_ray.evals import embodied
+    from ogi_ray.evals.common import EvalError, heldout_paths
     from ogi_ray.train.data import read_heldout
 
     found = []
-    for src, cols in sorted(read_heldout([str(p) for p in heldout_paths(lm)], 10**9).items()):
+    for src, cols in sorted(read_heldout(heldout_paths(lm), 10**9).items()):
         found += [(f"corpus held-out row {src}/{cols['position'][i]}", {c: cols[c][i] for c in embodied.COLUMNS})
                   for i in range(len(cols["source"])) if cols["action"][i]]  # fmt: skip
     if not found:  # no embodied row was held out: an expert episode on a held-out seed
@@ -61,6 +61,7 @@ def heldout_observation(lm: LoadedModel, index: int) -> tuple[str, dict[str, Any
 
 
 def print_actions(where: str, row: dict[str, Any], lm: LoadedModel, seed: int) -> None:
+    from ogi_ray.evals import sample
     from ogi_ray.evals.embodied import batch_of
 
     b = batch_of([row], lm)
@@ -75,6 +76,11 @@ def print_actions(where: str, row: dict[str, Any], lm: LoadedModel, seed: int) -
 
 
 def cmd_sample(args: argparse.Namespace, load_fn: LoadFn) -> int:
+    import numpy as np
+
+    from ogi_ray.evals import sample
+    from ogi_ray.evals.common import EvalError, deterministic, patch_config
+
     lm = load_fn(args.run, args.step)
     with deterministic(args.threads):
         text = sample.continue_text(lm.model, lm.cfg, lm.tokenizer, args.prompt, max_tokens=args.max_tokens,
@@ -98,10 +104,21 @@ def cmd_sample(args: argparse.Namespace, load_fn: LoadFn) -> int:
     return 0
 
 
-def register(subparsers: Any, load_fn: LoadFn) -> None:
-    """Add ``sample`` to an argparse subparsers object; ``load_fn(run, step)`` loads."""
+def _resolve(load_fn: LoadFn | str) -> LoadFn:
+    if callable(load_fn):
+        return load_fn
+    import importlib
+
+    module, _, name = load_fn.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register(subparsers: Any, load_fn: LoadFn | str) -> None:
+    """Add ``sample`` to an argparse subparsers object; ``load_fn(run, step)`` loads (a
+    callable, or a "module:function" path imported only when the command runs, so that
+    ``ogi --help`` needs no torch)."""
     p = subparsers.add_parser("sample", help="text continuation, nearest captions, an action chunk")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", help="run folder, a folder holding one run, or the pyarrow URI of a run folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.add_argument("--prompt", default="def ", help="text to continue ('' starts after end-of-text)")
     p.add_argument("--image", default=None, help="image file: print the corpus captions nearest to it")
@@ -113,4 +130,4 @@ def register(subparsers: Any, load_fn: LoadFn) -> None:
     p.add_argument("--obs", type=int, default=0, help="which held-out embodied observation")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--color", action="store_true", help="bold the generated text")
-    p.set_defaults(func=lambda args: cmd_sample(args, load_fn))
+    p.set_defaults(func=lambda args: cmd_sample(args, _resolve(load_fn)))

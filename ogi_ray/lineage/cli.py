@@ -1,14 +1,15 @@
 """The ``ogi lineage`` subcommands; ``ogi_ray.cli`` calls ``register`` on its subparsers.
 
-    ogi lineage verify RUN [--pubkey PUB.pem] [--replay N] [--corpus DIR] [--no-corpus]
+    ogi lineage verify RUN [--pubkey PUB.pem] [--replay N] [--evals K] [--corpus DIR] [--no-corpus]
     ogi lineage show RUN
     ogi lineage prove RUN STEP TENSOR      (JSON proof on stdout; exit 0 when it checks)
     ogi lineage sign RUN --key KEY.pem
     ogi lineage keygen KEY.pem PUB.pem
 
 Handlers return the exit code: 0 ok, 1 verification failed, 2 bad input. Segment replay
-re-runs training, which this package must not import: ``register(..., replay=...)``
-takes a callable or a "module:function" path resolved only when ``--replay`` is used.
+re-runs training and ``--evals`` the eval suite, which this package must not import:
+``register(..., replay=..., evals=...)`` take callables or "module:function" paths
+resolved only when the option is used.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     notes: list[str] = []
     replay_fn = _resolve(args.replay_fn) if args.replay else None
+    eval_fn = _resolve(args.eval_fn) if args.evals else None
     problems = verify_run(args.run, args.replay, replay_fn, pubkey=args.pubkey, corpus=args.corpus,
-                          check_corpus=not args.no_corpus, notes=notes, replay_seed=args.replay_seed)  # fmt: skip
+                          check_corpus=not args.no_corpus, notes=notes, replay_seed=args.replay_seed,
+                          evals=args.evals, eval_fn=eval_fn, evals_seed=args.evals_seed)  # fmt: skip
     where = run_store(args.run).uri
     for n in notes:
         print(f"  note: {n}", file=sys.stderr)
@@ -97,7 +100,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | None = None) -> None:
+def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | None = None,
+             evals: Callable[..., list[str]] | str | None = None) -> None:  # fmt: skip
     """Add verify/show/prove/sign/keygen to the ``ogi lineage`` subparsers object."""
     run_help = "run folder, a folder holding one run (ogi train/demo --out), or the pyarrow URI of a run folder"
     v = lineage_subparsers.add_parser("verify", help="re-derive every hash of a run")
@@ -107,10 +111,15 @@ def register(lineage_subparsers: Any, replay: Callable[..., list[str]] | str | N
                    help="replay N segments: the last, then the largest updates and random draws")  # fmt: skip
     v.add_argument("--replay-seed", type=int, default=None, metavar="S",
                    help="seed of the random draws (default: a fresh one, printed)")  # fmt: skip
+    v.add_argument("--evals", type=int, default=0, metavar="K",
+                   help="re-run K recorded eval vectors from the checkpoint files (the last, then random "
+                        "draws) and check every score string exactly (CPU)")  # fmt: skip
+    v.add_argument("--evals-seed", type=int, default=None, metavar="S",
+                   help="seed of the eval draws (default: a fresh one, printed)")  # fmt: skip
     v.add_argument("--corpus", default=None,
                    help="corpus folder (default: the recorded config's, found relative to the run)")  # fmt: skip
     v.add_argument("--no-corpus", action="store_true", help="do not re-verify the corpus shards")
-    v.set_defaults(func=_cmd_verify, replay_fn=replay)
+    v.set_defaults(func=_cmd_verify, replay_fn=replay, eval_fn=evals)
     s = lineage_subparsers.add_parser("show", help="list the chain, newest first")
     s.add_argument("run", help=run_help)
     s.set_defaults(func=_cmd_show)

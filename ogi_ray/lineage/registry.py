@@ -5,6 +5,8 @@ without Ray).
     append(fields) ─► parent must equal HEAD (else rejected, unless fork=True)
                   ─► record written under its hash, then HEAD moved (both atomic)
     a retried append of the same content returns the existing hash: no second record
+    attest(fields) ─► an eval attestation of a stored record, chained to ATTEST_HEAD
+                  (lineage/attest.py), written the same way
 
 State is only the files in the store (a local folder or any pyarrow.fs URI, see
 store.py), so a restarted registry (Ray restarts the actor by re-running ``__init__``)
@@ -65,4 +67,29 @@ class LineageRegistry:
         write_record(self.store, rec)
         write_head(self.store, h)
         self.head = h
+        return h
+
+    def attest(self, fields: dict[str, Any]) -> str:
+        """Commit an eval attestation (``make_attestation`` fields less ``parent``) of a
+        stored record; returns its hash. A retry of the same content returns the hash it
+        was stored under."""
+        from ogi_ray.lineage.attest import (
+            attestation_chain,
+            attestation_hash,
+            make_attestation,
+            read_attest_head,
+            write_attest_head,
+            write_attestation,
+        )
+
+        if not has_record(self.store, fields["record"]):
+            raise RecordError(f"{self.dir}: attestation of record {fields['record']}, which is not stored")
+        same = {k: v for k, v in make_attestation(parent="", **fields).items() if k != "parent"}
+        for h, att in attestation_chain(self.store):
+            if {k: v for k, v in att.items() if k != "parent"} == same:
+                return h  # idempotent retry (an eval task re-run after an actor restart)
+        att = make_attestation(parent=read_attest_head(self.store), **fields)
+        h = attestation_hash(att)
+        write_attestation(self.store, att)
+        write_attest_head(self.store, h)
         return h

@@ -13,9 +13,11 @@
     corpus: the folder named by the config's data.corpus (or ``corpus=``), when present,
       is re-verified shard by shard (ogi_ray.corpus.manifest.verify_corpus) and must be
       the manifest the records name
+    eval attestations (ATTEST_HEAD, attestations/): lineage/verify_attest.py
     optional: ed25519 signatures (``pubkey``), and segment replay through ``replay_fn``
       (supplied by the training side; this package never imports ``ogi_ray.train``),
-      of segments the verifier chooses with a seed the prover cannot know
+      of segments the verifier chooses with a seed the prover cannot know, and eval
+      vectors re-run through ``eval_fn`` (supplied by the eval side) chosen the same way
 
 Returns a list of problems; empty means everything holds. ``notes`` (if a list is given)
 receives what was checked or skipped.
@@ -30,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical, sha256_hex
+from ogi_ray.lineage.attest import FOLDER as ATTEST_FOLDER
+from ogi_ray.lineage.attest import HEAD as ATTEST_HEAD
 from ogi_ray.lineage.merkle import merkle_root
 from ogi_ray.lineage.record import HEX64, MARKER, RecordError, check_record, weights_format
+from ogi_ray.lineage.verify_attest import EvalFn, check_attestations, recheck
 from ogi_ray.storage import Store
 
 LEAVES_FILE = "leaves.json"
@@ -273,12 +278,15 @@ def verify_run(
     path: str | Path, replay: int = 0, replay_fn: ReplayFn | None = None, *,
     pubkey: str | Path | None = None, corpus: str | Path | None = None, check_corpus: bool = True,
     notes: list[str] | None = None, replay_seed: int | None = None,
+    evals: int = 0, eval_fn: EvalFn | None = None, evals_seed: int | None = None,
 ) -> list[str]:  # fmt: skip
     """All problems with the run at ``path`` (a folder, a demo output folder, or a pyarrow
     URI of a run folder). ``replay`` > 0 replays that many segments, chosen by
     lineage/segments.py (the last one, the largest updates, and draws from
     ``replay_seed``: a fresh random seed when None), with ``replay_fn(run_dir, rec_prev,
-    rec, corpus)`` (``rec_prev`` None: from the seeded initialisation)."""
+    rec, corpus)`` (``rec_prev`` None: from the seeded initialisation). Eval
+    attestations are checked (lineage/verify_attest.py); ``evals`` > 0 re-runs that many
+    through ``eval_fn(run_dir, attestation)``."""
     notes = notes if notes is not None else []
     run = run_store(path)
     ldir = run.sub("lineage")
@@ -303,14 +311,17 @@ def verify_run(
         problems += _guarded(where, _check_files, run, rec, h, where)
         if "files" not in rec:
             notes.append(f"{where}: schema 1, only the weights file of {rec['checkpoint']} is covered")
+    atts = check_attestations(ldir, chain, problems)
     on_chain = {h for h, _ in chain}
     for rel in ldir.list_files(recursive=True):
+        if rel.startswith(f"{ATTEST_FOLDER}/") or rel == ATTEST_HEAD:
+            continue  # check_attestations
         if not _LINEAGE_NAME.fullmatch(rel):
             problems.append(f"{ldir.path(rel)}: not part of the lineage format")
         elif rel.startswith("records/") and rel[8:72] not in on_chain:
             problems.append(f"{ldir.path(rel)}: record is not on the chain from HEAD (orphan or fork)")
     for sub in ldir.list_dirs():  # lineage/ holds the four kinds of files and HEAD, nothing else
-        if sub not in ("records", "manifests", "configs", "signatures") or ldir.list_dirs(sub):
+        if sub not in ("records", "manifests", "configs", "signatures", ATTEST_FOLDER) or ldir.list_dirs(sub):
             problems.append(f"{ldir.where(sub)}: folder not part of the lineage format")
     named = {rec["checkpoint"]: h for h, rec in chain}
     for folder in run.list_dirs():
@@ -331,8 +342,12 @@ def verify_run(
 
         problems += verify_signatures(ldir, [h for h, _ in chain], pubkey)
         notes.append(f"signatures of {len(chain)} records checked against {pubkey}")
+    if atts:
+        notes.append(f"{len(atts)} eval attestations checked")
     if replay:
         problems += _replay(run, chain, replay, replay_fn, notes, replay_seed, corpus)
+    if evals:
+        problems += recheck(run, atts, evals, eval_fn, notes, evals_seed)
     return problems
 
 

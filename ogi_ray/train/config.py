@@ -118,6 +118,38 @@ class RunConfig:
 
 
 @dataclass(kw_only=True)
+class EvalsConfig:
+    """The eval suite on checkpoints, off the training path (evals/attest.py): an actor on
+    the placement's actor tier reads each checkpoint from storage and commits the scores
+    to the lineage as an attestation."""
+
+    enabled: bool = False
+    suite: str = "quick"  # "quick" (seconds on a CPU) or "full" (evals/suite.py)
+    benchmarks: list[str] = field(default_factory=list)  # a subset; empty = all that apply
+    every: int = 1  # evaluate every k-th checkpoint (the last one always)
+    threads: int = 1  # torch threads of the eval (recorded: part of what makes the bits repeat)
+    # The eval actor's CPU reservation. 0 (default) places it wherever its tier has room
+    # for an actor (as the tuner and registry), fine on one machine; on a cluster give it
+    # the CPUs of a node of the CPU tier (placement.actor_tier), so it never competes.
+    cpus: float = 0.0
+    wait: bool = True  # the driver waits for queued evals before it returns
+
+    def validate(self) -> None:
+        if self.suite not in ("quick", "full"):
+            raise ValueError(f"suite: {self.suite!r} is not 'quick' or 'full'")
+        known = ("heldout", "humaneval", "digits", "world", "metaworld")
+        if unknown := [b for b in self.benchmarks if b not in known]:
+            raise ValueError(f"benchmarks: unknown {unknown} (known: {list(known)})")
+        if self.every < 1 or self.threads < 1 or self.cpus < 0:
+            raise ValueError("every and threads: must be >= 1; cpus: >= 0")
+
+    def wants(self, step: int, checkpoint_every: int, total_steps: int) -> bool:
+        """Whether the checkpoint at ``step`` is evaluated: every ``every``-th checkpoint
+        by step, and the last (a rule of the step alone, so a resumed run agrees)."""
+        return self.enabled and (step == total_steps or (step // checkpoint_every) % self.every == 0)
+
+
+@dataclass(kw_only=True)
 class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -129,6 +161,7 @@ class JobConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    evals: EvalsConfig = field(default_factory=EvalsConfig)
     # A run as a sequence of phases (corpus, budget, starting λ); empty = one phase over
     # data.corpus of loop.steps steps. With phases, loop.steps is their total.
     phases: list[PhaseConfig] = field(default_factory=list)

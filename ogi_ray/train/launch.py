@@ -26,6 +26,7 @@ from typing import Any
 
 from ogi_ray.canonical import canonical_json, hash_canonical
 from ogi_ray.config import ConfigError, to_dict
+from ogi_ray.lineage.attest import attestation_chain, unattested
 from ogi_ray.parallel.device import process_group_backend, use_gpu
 from ogi_ray.storage import Store, absolute
 from ogi_ray.train import accounting, placement
@@ -303,6 +304,29 @@ def _actors(plan: LaunchPlan) -> tuple[Any, str, Any, str]:
     return registry, reg_name, tuner, tuner_name
 
 
+def _evaluator(plan: LaunchPlan, registry: Any) -> tuple[Any, str | None]:
+    """The eval actor (evals/attest.py) on the actor tier, when ``evals.enabled``; the
+    chain's checkpoints the eval policy covers and nothing attests yet (a run resumed
+    after its driver died with evals queued) are queued first."""
+    ev = plan.job.evals
+    if not ev.enabled:
+        return None, None
+    import ray
+
+    from ogi_ray.evals.attest import EvalRunner
+
+    name = f"ogi-evals-{uuid.uuid4().hex[:8]}"
+    runner = (ray.remote(EvalRunner)
+              .options(name=name, num_cpus=ev.cpus, max_restarts=-1, max_task_retries=3,
+                       **placement.actor_options(plan.job.placement))
+              .remote(plan.run_uri, plan.job.run.name, registry, ev.suite, ev.benchmarks, ev.threads))  # fmt: skip
+    loop = plan.job.loop
+    for step, h in unattested(Store(plan.run_uri).sub("lineage")):
+        if ev.wants(step, loop.checkpoint_every, loop.steps):
+            runner.evaluate.remote(step, h)
+    return runner, name
+
+
 def _trainer(plan: LaunchPlan, config: dict[str, Any], scaling: dict[str, Any]) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -329,6 +353,7 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
 
     _write_lineage_objects(plan)
     registry, reg_name, tuner, tuner_name = _actors(plan)
+    evaluator, eval_name = _evaluator(plan, registry)
     watch = Progress(Store(plan.run_uri), plan.job.loop.steps).start() if progress else None
     tier, scaling, par = plan.tier, plan.scaling, plan.parallel
     job = plan.job
@@ -338,7 +363,7 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
         for attempt in range(job.workers.max_relaunches + 1):
             if attempt:
                 tier, scaling, par = launch_shape(job, plan.resources, attempt, plan.global_rows)
-            config = plan.worker_config(reg_name, tuner_name, par)
+            config = {**plan.worker_config(reg_name, tuner_name, par), "evaluator": eval_name}
             try:
                 result = _trainer(plan, config, scaling).fit()
                 break
@@ -347,12 +372,16 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
                     raise
         run = Store(plan.run_uri)
         summary = dict(result.return_value or {})
+        if evaluator is not None and job.evals.wait:
+            ray.get(evaluator.drain.remote())  # its calls run in order: every queued eval is done
         summary.update(run_dir=plan.run_uri, head=ray.get(registry.get_head.remote()), tier=tier,
                        num_workers=int(scaling["num_workers"]), parallel=par.to_dict(),
-                       checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")))  # fmt: skip
+                       checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")),
+                       attestations=len(attestation_chain(run.sub("lineage"))))  # fmt: skip
         return summary
     finally:
         if watch is not None:
             watch.stop()
-        ray.kill(registry)
-        ray.kill(tuner)
+        for actor in (registry, tuner, evaluator):
+            if actor is not None:
+                ray.kill(actor)

@@ -27,7 +27,7 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _call(obj: Any, method: str, *args: Any) -> Any:
+def call_actor(obj: Any, method: str, *args: Any) -> Any:
     """``obj.method(*args)`` on a Ray actor handle (waiting for it) or a plain object."""
     fn = getattr(obj, method)
     if hasattr(fn, "remote"):
@@ -66,7 +66,7 @@ class LineageHook:
         store.write_atomic(SEGMENT, seg)
         files = {**saved.files, SEGMENT: hashlib.sha256(seg).hexdigest()}
         fields = {
-            "run": self.run_name, "step": step, "parent": _call(self.registry, "get_head"),
+            "run": self.run_name, "step": step, "parent": call_actor(self.registry, "get_head"),
             "checkpoint": checkpoint_name(step), "weights_root": saved.root, "weights_hash": "sha256-merkle-v1",
             "weights_file": WEIGHTS_DIR, "weights_format": WEIGHTS_FORMAT, "manifest_hash": manifest_hash,
             "config_hash": self.config_hash, "rng": rng, "eval": scores,
@@ -79,5 +79,5 @@ class LineageHook:
     def append(self, fields: dict[str, Any]) -> str:
         """Move the chain's HEAD to the record (idempotent: a retried append of the same
         record returns its hash)."""
-        self.last_record = _call(self.registry, "append", fields)
+        self.last_record = call_actor(self.registry, "append", fields)
         return self.last_record

@@ -16,8 +16,9 @@ from typing import Any
 from ogi_ray.storage import Store
 from ogi_ray.train.metrics_log import by_step, read_rows
 
-PLOTS = ("losses", "lambdas", "gradnorms", "lr", "batch", "throughput")
-REPORT_FILES = ("report.md", *(f"{p}.png" for p in PLOTS))
+PLOTS = ("losses", "lambdas", "gradnorms", "lr", "batch", "throughput", "shares")
+EVAL_PLOTS = ("heldout", "humaneval", "digits", "world", "metaworld")  # eval_<benchmark>.png
+REPORT_FILES = ("report.md", *(f"{p}.png" for p in PLOTS), *(f"eval_{b}.png" for b in EVAL_PLOTS))
 
 
 def load_metrics(run: Store, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -83,6 +84,38 @@ def _save(fig: Any, path: tuple[Store, str]) -> None:
     fig.savefig(buf, dpi=90, format="png")
     plt.close(fig)
     path[0].write_atomic(path[1], buf.getvalue())
+
+
+def eval_series(run: Store) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per benchmark, per score: (step, value) from the run's eval attestations."""
+    from ogi_ray.lineage.attest import attestation_chain
+
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for _, att in attestation_chain(run.sub("lineage")):
+        for name, value in att["scores"].items():
+            bench = name.split("/", 1)[0]
+            out.setdefault(bench, {}).setdefault(name, []).append((att["step"], float(value)))
+    return out
+
+
+def _plot_evals(out: Store, series: dict[str, dict[str, list[tuple[int, float]]]]) -> list[str]:
+    """One plot per benchmark (its scores over steps); returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for bench, scores in sorted(series.items()):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, points in sorted(scores.items()):
+            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", label=name.split("/", 1)[1])
+        ax.set_title(f"eval: {bench} (attested)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+        _save(fig, (out, f"eval_{bench}.png"))
+        names.append(f"eval_{bench}.png")
+    return names
 
 
 def share_sources(rows: list[dict[str, Any]]) -> list[str]:
@@ -191,6 +224,14 @@ def write_report(run_dir: str | Path | Store, warmup: int | None = None, *, out:
         lines += ["", f"Effective shares fed up to step {rows[-1]['step']} (a short run samples the corpus "
                   "order; over an epoch they are the manifest's unless the launch accepted a gap):", "",
                   *share_table(rows)]  # fmt: skip
+    evals = eval_series(run)
+    plots = _plot_evals(out, evals)
+    if evals:
+        last = {name: pts[-1] for scores in evals.values() for name, pts in scores.items()}
+        lines += ["", "Eval suite (attested scores, off the training path; docs/evals.md), last value per score:",
+                  "", "| score | step | value |", "|---|---|---|",
+                  *(f"| {n} | {s} | {v:.6f} |" for n, (s, v) in sorted(last.items())),
+                  "", " ".join(f"![{p[:-4]}]({p})" for p in plots)]  # fmt: skip
     lines += ["", "![losses](losses.png) ![lambdas](lambdas.png) ![gradnorms](gradnorms.png)",
               "![lr](lr.png) ![batch](batch.png) ![throughput](throughput.png)"
               + (" ![shares](shares.png)" if share_sources(rows) else ""), ""]  # fmt: skip

@@ -11,7 +11,7 @@ composes named parts, each with one job:
            Stepper.step.train ─► reduce_metrics ─► MetricsLog (rank 0)
            every checkpoint: evaluate ─► checkpoint.save (every rank its shards)
              ─► LineageHook.record ─► ray.train.report (NO_UPLOAD: already in storage)
-             ─► LineageHook.append
+             ─► LineageHook.append ─► (evals on) the eval actor, not waited on
 
 Only this module touches ``ray.train``; the step itself is plain PyTorch (step.py).
 """
@@ -36,7 +36,7 @@ from ogi_ray.train import checkpoint as ckpt
 from ogi_ray.train.accounting import Consumption, model_slots
 from ogi_ray.train.config import JobConfig, job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, collate_step, read_heldout, seeded_generator
-from ogi_ray.train.lineage_hook import LineageHook, _call, checkpoint_name
+from ogi_ray.train.lineage_hook import LineageHook, call_actor, checkpoint_name
 from ogi_ray.train.metrics_log import MetricsLog, reduce_metrics
 from ogi_ray.train.optim import build_optimizer
 from ogi_ray.train.phases import Phase, phase_at
@@ -63,6 +63,7 @@ class WorkerSpec:
     orders: list[CorpusOrder]  # per phase: the corpus' global row order
     heldout: list[list[str]]  # per phase: held-out shard paths
     accounting: list[Consumption]  # per phase: its sources, rates and target shares (empty counts)
+    evaluator: str | None = None  # the eval actor (evals/attest.py), when evals are on
 
     @classmethod
     def from_config(cls, c: dict[str, Any]) -> WorkerSpec:
@@ -72,7 +73,7 @@ class WorkerSpec:
                    phases=[Phase(**p) for p in c["phases"]],
                    orders=[CorpusOrder(tuple(o["paths"]), tuple(o["rows"])) for o in c["orders"]],
                    heldout=[list(h) for h in c["heldout"]],
-                   accounting=[Consumption(**a) for a in c["accounting"]])  # fmt: skip
+                   accounting=[Consumption(**a) for a in c["accounting"]], evaluator=c.get("evaluator"))  # fmt: skip
 
 
 def broadcast_floats(values: list[float]) -> list[float]:
@@ -184,7 +185,7 @@ class Trainer:
     """The step loop of one worker (every rank runs it; rank 0 also logs and records)."""
 
     def __init__(self, spec: WorkerSpec, rank: int, world: int, placement: Placement, stepper: Stepper,
-                 tuner: Any, registry: Any) -> None:  # fmt: skip
+                 tuner: Any, registry: Any, evaluator: Any = None) -> None:  # fmt: skip
         job = spec.job
         self.spec, self.job, self.rank, self.world, self.placement = spec, job, rank, world, placement
         self.stepper, self.mcfg = stepper, job.model
@@ -195,6 +196,7 @@ class Trainer:
         self.feed = Feed(spec, dp_rank, self.dp)
         self.lambdas = Lambdas(tuner, job.model.objectives, rank)
         self.hook = LineageHook(registry, spec.run_name, spec.config_hash) if rank == 0 else None
+        self.evaluator = evaluator if rank == 0 else None
         self.log = MetricsLog(self.run) if rank == 0 else None
         # Tokens are counted once per dp replica (tp and pp ranks see the same rows).
         self.counts_tokens = axis_rank(stepper.mesh, "tp") == 0 and axis_rank(stepper.mesh, "pp") == 0
@@ -218,7 +220,7 @@ class Trainer:
 
         name = None
         if self.rank == 0:
-            head = _call(self.hook.registry, "head_record")  # type: ignore[union-attr]
+            head = call_actor(self.hook.registry, "head_record")  # type: ignore[union-attr]
             name = resume_point(self.run, ray_checkpoint, head["checkpoint"] if head else None)
         name = ckpt.broadcast_object(name)
         if name is not None:
@@ -388,7 +390,10 @@ class Trainer:
         ray.train.report({**p["row"], **p["scores"]}, checkpoint=report, checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)  # fmt: skip
         if self.hook is not None:
-            self.hook.append(fields)  # type: ignore[arg-type]
+            h = self.hook.append(fields)  # type: ignore[arg-type]
+            loop = self.job.loop
+            if self.evaluator is not None and self.job.evals.wants(p["step"], loop.checkpoint_every, loop.steps):
+                self.evaluator.evaluate.remote(p["step"], h)  # off the hot path: never waited on here
 
     def _tokens_by_modality(self) -> dict[str, float]:
         """Tokens fed per modality over every phase (what observe.py's rates count)."""
@@ -469,6 +474,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
                             compile=spec.job.device.compile, grad_clip=spec.job.optim.grad_clip)  # fmt: skip
     tuner = ray.get_actor(spec.tuner) if spec.tuner else None
     registry = ray.get_actor(spec.registry) if rank == 0 else None
-    trainer = Trainer(spec, rank, world, placement, stepper, tuner, registry)
+    evaluator = ray.get_actor(spec.evaluator) if (rank == 0 and spec.evaluator) else None
+    trainer = Trainer(spec, rank, world, placement, stepper, tuner, registry, evaluator)
     trainer.resume(ray_ckpt.path.rstrip("/").rpartition("/")[2] if ray_ckpt is not None else None)
     return trainer.run_steps()
