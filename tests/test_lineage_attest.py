@@ -119,7 +119,7 @@ def test_rerun_reports_what_the_eval_function_finds(chain):
     notes: list[str] = []
     seen = []
 
-    def eval_fn(run, att):
+    def eval_fn(run, att, corpus):
         seen.append(att["step"])
         return ["digits/probe_acc: re-run gives 0.500001, recorded 0.750000"] if att["step"] == 20 else []
 

@@ -60,7 +60,7 @@ def test_train_prints_json_on_stdout_and_progress_on_stderr(readme_run):
     assert summary["steps"] == 4 and summary["checkpoints"] == ["step_000002", "step_000004"]
     train_err = next(e for c, e in errs.items() if " train " in c)
     assert re.search(r"step 4/4 \(100%\) \| loss .*lm [0-9.]+ .*tok/s \| last checkpoint step_00000[24]", train_err)
-    assert "layout     dp 2 × tp 1 × pp 1" in train_err  # the launch plan, printed before training
+    assert "plan       dp=2 tp=1 pp=1" in train_err  # the launch plan, printed before training
 
 
 def test_the_run_trains_every_objective_and_chains(readme_run):
@@ -144,8 +144,9 @@ def test_an_edited_and_rehashed_score_fails_the_eval_rerun(readme_run, tmp_path,
     (ldir / "attestations" / f"{new}.json").write_bytes(canonical_json(att))
     (ldir / "ATTEST_HEAD").write_text(new + "\n")
     capsys.readouterr()
-    assert main(["lineage", "verify", str(copy), "--no-corpus"]) == 0  # every hash holds
-    assert main(["lineage", "verify", str(copy), "--no-corpus", "--evals", "1"]) == 1
+    corpus = str(here / "runs" / "demo-corpus")  # the copy left its corpus behind: name it
+    assert main(["lineage", "verify", str(copy), "--corpus", corpus]) == 0  # every hash holds
+    assert main(["lineage", "verify", str(copy), "--corpus", corpus, "--evals", "1"]) == 1
     err = capsys.readouterr().err
     assert "eval of step 4" in err and "digits/probe_acc: re-run gives" in err and "recorded 0.999999" in err
 

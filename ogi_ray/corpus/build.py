@@ -241,6 +241,12 @@ def _run(plan: BuildPlan) -> dict[str, Any]:
     plans, selected = _plan(plan, totals, rows)
     t1 = time.perf_counter()
     log.info("corpus pass 1 (read, gate, tokenize, pack, totals, plan): %.1f s", t1 - t0)
+    if cfg.heldout_fraction > 0:
+        for name in sorted(n for n, t in totals.sources.items() if t.held_rows == 0):
+            # The split is per document by hash: a source of few documents may get none.
+            log.warning("source %s: no document fell in the held-out split (heldout_fraction %.3g): its held-out "
+                        "scores will be missing; raise heldout_fraction or give it more documents",
+                        name, cfg.heldout_fraction)  # fmt: skip
     n_train = sum(p.full * totals.sources[n].train_rows + _selected_rows(p, totals.sources[n].hist) for n, p in plans.items())
     n_held = sum(t.held_rows for t in totals.sources.values())
     cp = CopyPlan(plans, max(1, math.ceil(n_train / cfg.shard_rows)), max(1, math.ceil(n_held / cfg.shard_rows)), cfg.seed)

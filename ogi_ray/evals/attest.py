@@ -50,31 +50,38 @@ class EvalRunner:
         self.run_uri, self.run_name, self.registry = run_uri, run_name, registry
         self.suite = suite_config(suite, benchmarks, threads)
         self.done: list[str] = []
+        self.failed: list[str] = []
 
-    def evaluate(self, step: int, record: str) -> str:
-        """Evaluate checkpoint ``step`` (whose record hash is ``record``) and attest it."""
+    def evaluate(self, step: int, record: str) -> str | None:
+        """Evaluate checkpoint ``step`` (whose record hash is ``record``) and attest it;
+        an eval that fails is reported by ``drain``, never raised into training."""
         from ogi_ray.evals.load import load_run
 
-        lm = load_run(self.run_uri, step)
-        cfg = replace(self.suite, heldout=replace(self.suite.heldout, seed=lm.seed))
-        result = run_suite(lm, cfg)
-        h = call_actor(self.registry, "attest", {
-            "run": self.run_name, "record": record, "step": step, "threads": cfg.threads,
-            "result": result.to_json(), "env": environment()})  # fmt: skip
+        try:
+            lm = load_run(self.run_uri, step)
+            cfg = replace(self.suite, heldout=replace(self.suite.heldout, seed=lm.seed))
+            result = run_suite(lm, cfg)
+            h = call_actor(self.registry, "attest", {
+                "run": self.run_name, "record": record, "step": step, "threads": cfg.threads,
+                "result": result.to_json(), "env": environment()})  # fmt: skip
+        except Exception as e:  # noqa: BLE001 — a broken eval must not stop training
+            self.failed.append(f"step {step}: {type(e).__name__}: {e}")
+            return None
         self.done.append(h)
         return h
 
-    def drain(self) -> int:
-        """How many evals this runner attested (called after the queue: all are done)."""
-        return len(self.done)
+    def drain(self) -> dict[str, Any]:
+        """What this runner did (called after the queue: every eval is finished)."""
+        return {"attested": len(self.done), "failed": list(self.failed)}
 
 
-def recheck(run: Any, att: dict[str, Any]) -> list[str]:
-    """Re-run one attestation's benchmarks on its checkpoint; [] when every data hash and
-    score string repeats (``ogi lineage verify --evals``)."""
+def recheck(run: Any, att: dict[str, Any], corpus: str | None = None) -> list[str]:
+    """Re-run one attestation's benchmarks on its checkpoint (``corpus``: the corpus
+    folder, default the recorded one); [] when every data hash and score string repeats
+    (``ogi lineage verify --evals``)."""
     from ogi_ray.evals.load import load_run
     from ogi_ray.evals.suite import check_recorded
 
     config_from_json(att["benchmarks"], att["threads"])  # unknown benchmark or version: named
-    lm = load_run(run, att["step"])
+    lm = load_run(run, att["step"], corpus=corpus)
     return check_recorded(lm, att, att["threads"])

@@ -57,8 +57,9 @@ def checkpoint_dir(run: str | Path | Store, step: int | None) -> Store:
     return store.sub(f"step_{step:06d}")
 
 
-def load_run(run: str | Path | Store, step: int | None = None) -> LoadedModel:
-    """The model of checkpoint ``step`` (None: the newest) of the run ``run``."""
+def load_run(run: str | Path | Store, step: int | None = None, *, corpus: str | None = None) -> LoadedModel:
+    """The model of checkpoint ``step`` (None: the newest) of the run ``run``; ``corpus``
+    overrides where the recorded config says its corpus is."""
     from safetensors.torch import load as st_load
 
     from ogi_ray.corpus.manifest import load_manifest
@@ -78,7 +79,7 @@ def load_run(run: str | Path | Store, step: int | None = None) -> LoadedModel:
     job_dict = json.loads(store.read_bytes(cfg_rel))
     job = job_from_dict(job_dict, file=store.where(cfg_rel))
     state = checkpoint.read_train_state(ckpt)
-    corpus = corpus_location(job_dict, int(state.get("phase", 0)), store)
+    corpus = corpus or corpus_location(job_dict, int(state.get("phase", 0)), store)
     model = build(job.model, seed=job.loop.seed)
     try:
         checkpoint.load_weights(ckpt, model)

@@ -286,7 +286,7 @@ def verify_run(
     ``replay_seed``: a fresh random seed when None), with ``replay_fn(run_dir, rec_prev,
     rec, corpus)`` (``rec_prev`` None: from the seeded initialisation). Eval
     attestations are checked (lineage/verify_attest.py); ``evals`` > 0 re-runs that many
-    through ``eval_fn(run_dir, attestation)``."""
+    through ``eval_fn(run_dir, attestation, corpus)``."""
     notes = notes if notes is not None else []
     run = run_store(path)
     ldir = run.sub("lineage")
@@ -347,7 +347,7 @@ def verify_run(
     if replay:
         problems += _replay(run, chain, replay, replay_fn, notes, replay_seed, corpus)
     if evals:
-        problems += recheck(run, atts, evals, eval_fn, notes, evals_seed)
+        problems += recheck(run, atts, evals, eval_fn, notes, evals_seed, str(corpus) if corpus else None)
     return problems
 
 

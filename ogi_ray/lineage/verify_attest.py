@@ -5,7 +5,7 @@ some of them.
       bytes; schema); each names a record on the checkpoint chain, at that record's step,
       and no record twice; nothing in attestations/ off this chain
     --evals K: the last attestation and K − 1 more drawn with a seed the prover cannot
-      know, re-run through ``eval_fn(run, attestation)`` (supplied by the eval side; this
+      know, re-run through ``eval_fn(run, attestation, corpus)`` (supplied by the eval side; this
       package never imports ``ogi_ray.evals`` or torch), which must reproduce every data
       hash and every score string
 """
@@ -20,7 +20,7 @@ from ogi_ray.lineage.attest import FOLDER, HEAD, attestation_chain
 from ogi_ray.lineage.record import HEX64, RecordError
 from ogi_ray.storage import Store
 
-EvalFn = Callable[[Any, dict[str, Any]], list[str]]
+EvalFn = Callable[[Any, dict[str, Any], str | None], list[str]]
 
 
 def check_attestations(ldir: Store, chain: list[tuple[str, dict[str, Any]]],
@@ -67,8 +67,9 @@ def choose_attestations(n: int, total: int, seed: int) -> list[int]:
 
 
 def recheck(run: Store, atts: list[tuple[str, dict[str, Any]]], n: int, eval_fn: EvalFn | None,
-            notes: list[str], seed: int | None) -> list[str]:  # fmt: skip
-    """Re-run ``n`` attestations; problems named by step and attestation hash."""
+            notes: list[str], seed: int | None, corpus: str | None = None) -> list[str]:  # fmt: skip
+    """Re-run ``n`` attestations (``corpus``: where the held-out data is, when not where
+    the recorded config says); problems named by step and attestation hash."""
     import secrets
 
     if eval_fn is None:
@@ -80,7 +81,10 @@ def recheck(run: Store, atts: list[tuple[str, dict[str, Any]]], n: int, eval_fn:
     problems = []
     for i in choose_attestations(n, len(atts), seed):
         h, att = atts[i]
-        got = list(eval_fn(run.local_path() or run.uri, att))
+        try:
+            got = list(eval_fn(run.local_path() or run.uri, att, corpus))
+        except Exception as e:  # noqa: BLE001 — a checkpoint or corpus that cannot be read is a finding
+            got = [f"cannot re-run: {type(e).__name__}: {e}"]
         problems += [f"eval of step {att['step']} ({h[:12]}): {p}" for p in got]
         notes.append(f"re-ran the eval vector of step {att['step']} ({len(att['scores'])} scores): "
                      f"{'ok' if not got else 'FAILED'}")  # fmt: skip

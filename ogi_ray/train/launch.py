@@ -373,7 +373,10 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
         run = Store(plan.run_uri)
         summary = dict(result.return_value or {})
         if evaluator is not None and job.evals.wait:
-            ray.get(evaluator.drain.remote())  # its calls run in order: every queued eval is done
+            done = ray.get(evaluator.drain.remote())  # its calls run in order: every queued eval is done
+            for line in done["failed"]:
+                log.warning("eval failed (no attestation): %s", line)
+            summary["eval_failures"] = done["failed"]
         summary.update(run_dir=plan.run_uri, head=ray.get(registry.get_head.remote()), tier=tier,
                        num_workers=int(scaling["num_workers"]), parallel=par.to_dict(),
                        checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")),
