@@ -21,7 +21,8 @@ import struct
 import sys
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
-LINEAGE_NAMES = re.compile(r"(records|manifests|configs)/[0-9a-f]{64}\.json|signatures/[0-9a-f]{64}\.sig|HEAD")
+LINEAGE_NAMES = re.compile(r"(records|manifests|configs|attestations)/[0-9a-f]{64}\.json|signatures/[0-9a-f]{64}\.sig"
+                           r"|HEAD|ATTEST_HEAD")
 RECORD_KEYS_V1 = {"schema", "run", "step", "parent", "checkpoint", "weights_root", "weights_hash",
                   "weights_file", "manifest_hash", "config_hash", "data_cursor", "rng", "eval"}
 RECORD_KEYS = {1: RECORD_KEYS_V1, 2: RECORD_KEYS_V1 | {"files"}, 3: RECORD_KEYS_V1 | {"files", "weights_format"}}
@@ -322,6 +323,43 @@ def check_checkpoint(run: str, h: str, rec: dict, manifests: dict, configs: dict
         problems.append(f"{where}: {mpath} is missing")
 
 
+ATTEST_KEYS = {"schema", "run", "parent", "record", "step", "threads", "environment", "benchmarks", "scores", "skipped"}
+
+
+def check_attestations(lin: str, chain: list, problems: list) -> None:
+    """docs/lineage.md §4: ATTEST_HEAD → attestation → parent …; canonical bytes named by
+    their SHA-256; each names a record on the chain at its step, none twice; no orphans."""
+    adir, head_path = os.path.join(lin, "attestations"), os.path.join(lin, "ATTEST_HEAD")
+    names = {n[:-5] for n in os.listdir(adir) if not n.startswith(".")} if os.path.isdir(adir) else set()
+    steps = {h: rec["step"] for h, rec in chain}
+    h = read(head_path).decode("ascii", "replace") if os.path.isfile(head_path) else ""
+    if h and (not h.endswith("\n") or not HEX64.fullmatch(h.strip())):
+        problems.append(f"{head_path}: not 64 hex digits and a newline")
+        return
+    h, seen, attested = h.strip(), [], set()
+    while h:
+        path = os.path.join(adir, h + ".json")
+        if h in seen or not os.path.isfile(path):
+            problems.append(f"{path}: missing or looping (attestation chain broken)")
+            return
+        raw = read(path)
+        att = load_json(raw, path, problems)
+        if not isinstance(att, dict) or set(att) != ATTEST_KEYS or att.get("schema") != "ogi-attest/1":
+            problems.append(f"{path}: not an ogi-attest/1 attestation")
+            return
+        if sha(raw) != h or cbytes(att) != raw:
+            problems.append(f"{path}: bytes hash to {sha(raw)}, not its name (or not canonical)")
+        if any(not isinstance(v, str) or not DECIMAL.fullmatch(v) for v in att["scores"].values()):
+            problems.append(f"{path}: a score is not a \"%.6f\" decimal string")
+        if steps.get(att["record"]) != att["step"] or att["record"] in attested:
+            problems.append(f"{path}: its record is not on the chain at step {att['step']}, or is attested twice")
+        seen.append(h)
+        attested.add(att["record"])
+        h = att["parent"]
+    for name in sorted(names - set(seen)):
+        problems.append(f"{adir}/{name}.json: not on the chain from ATTEST_HEAD")
+
+
 def verify(run: str, corpus: str | None = None) -> list:
     problems = []
     lin = os.path.join(run, "lineage")
@@ -335,7 +373,7 @@ def verify(run: str, corpus: str | None = None) -> list:
     for dirpath, dirnames, _ in os.walk(lin):
         for d in dirnames:
             rel = os.path.relpath(os.path.join(dirpath, d), lin).replace(os.sep, "/")
-            if not d.startswith(".") and rel not in ("records", "manifests", "configs", "signatures"):
+            if not d.startswith(".") and rel not in ("records", "manifests", "configs", "signatures", "attestations"):
                 problems.append(f"{lin}/{rel}: folder not part of the lineage format")
     manifests, configs = {}, {}
     for kind in ("manifests", "configs"):
@@ -402,6 +440,7 @@ def verify(run: str, corpus: str | None = None) -> list:
                 problems.append(f"{os.path.join(run, name)}: checkpoint's record is not on the chain")
             elif named.get(name) != marker["record_hash"]:
                 problems.append(f"{os.path.join(run, name)}: holds the marker of another checkpoint's record")
+    guard("attestations", problems, check_attestations, lin, chain, problems)
     folders = {}
     for _, rec in chain:
         folder = corpus or (configs.get(rec["config_hash"], {}).get("data") or {}).get("corpus")

@@ -119,6 +119,8 @@ def test_every_checkpoint_is_attested_and_verify_reruns_the_evals(readme_run):
     run = here / "runs" / "demo"
     atts = attestation_chain(Store(run / "lineage"))
     assert [a["step"] for _, a in atts] == [2, 4]
+    summary = json.loads((here / "runs" / "result.json").read_text())
+    assert summary["attestations"] == 2 and summary["eval_failures"] == []
     for _, att in atts:
         assert [d["name"] for d in att["benchmarks"]] == ["heldout", "humaneval", "digits", "world", "metaworld"]
         assert {"humaneval/canonical_loss", "digits/probe_acc", "world/error_ratio", "metaworld/success",

@@ -132,7 +132,6 @@ class EvalsConfig:
     # for an actor (as the tuner and registry), fine on one machine; on a cluster give it
     # the CPUs of a node of the CPU tier (placement.actor_tier), so it never competes.
     cpus: float = 0.0
-    wait: bool = True  # the driver waits for queued evals before it returns
 
     def validate(self) -> None:
         if self.suite not in ("quick", "full"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -372,11 +373,12 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
                     raise
         run = Store(plan.run_uri)
         summary = dict(result.return_value or {})
-        if evaluator is not None and job.evals.wait:
+        if evaluator is not None:  # the actor dies with this driver: let the queued evals finish
+            t0 = time.perf_counter()
             done = ray.get(evaluator.drain.remote())  # its calls run in order: every queued eval is done
             for line in done["failed"]:
                 log.warning("eval failed (no attestation): %s", line)
-            summary["eval_failures"] = done["failed"]
+            summary.update(eval_failures=done["failed"], eval_wait_s=round(time.perf_counter() - t0, 3))
         summary.update(run_dir=plan.run_uri, head=ray.get(registry.get_head.remote()), tier=tier,
                        num_workers=int(scaling["num_workers"]), parallel=par.to_dict(),
                        checkpoints=sorted(d for d in run.list_dirs() if d.startswith("step_")),
