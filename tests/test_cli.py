@@ -141,3 +141,17 @@ def _actions(p: argparse.ArgumentParser, path: str = "ogi"):
 def test_every_argument_of_every_subcommand_has_help():
     missing = [f"{path}: {a.dest}" for path, a in _actions(build_parser()) if not (a.help and a.help.strip())]
     assert missing == []
+
+
+def test_plan_warns_on_a_budget_too_small_for_a_real_model(capsys):
+    assert main(["plan", "--compute", "1e10"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "6.38 k parameters" in err and "extrapolation" in err
+    assert main(["plan", "--compute", "1e21"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_parallel_plan_says_params_in_human_units(capsys):
+    assert main(["parallel", "plan", "--topology", "cpu-2", "--model", "base"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model base: 91.2 M params, 12 layers") and "0.09125B" not in out

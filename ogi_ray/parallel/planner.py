@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ogi_ray.humanize import human
 from ogi_ray.parallel.cost import evaluate
 from ogi_ray.parallel.memory import MOMENTS, PARTS, evaluate_memory
 from ogi_ray.parallel.plan import ParallelPlan
@@ -246,7 +247,7 @@ def _t(x: float) -> str:
 def format_table(result: PlanResult) -> str:
     s, t = result.model, result.topology
     head = (
-        f"model {s.name}: {s.params / 1e9:.4g}B params, {s.layers} layers, hidden {s.hidden}, "
+        f"model {s.name}: {human(s.params)} params, {s.layers} layers, hidden {s.hidden}, "
         f"{s.heads} heads, seq {s.seq_len}, global batch {s.global_batch}\n"
         f"topology {t.name or '-'}: {t.nodes} x {t.gpus_per_node} {t.gpu} "
         f"({t.peak_tflops:g} TFLOP/s, {t.hbm_gib:g} GiB, intra {t.intra_node_gbps:g} Gb/s, "

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ogi_ray.config import ConfigError
+from ogi_ray.humanize import human
 from ogi_ray.scaling.fit import bootstrap_law, fit_law, read_runs_csv
 from ogi_ray.scaling.law import PRESETS, load_law
 from ogi_ray.scaling.plan import make_plan, plan_document
@@ -174,6 +175,8 @@ def run_plan(args: argparse.Namespace) -> int:
             _write_yaml_atomic(args.write, plan_document(plan))
     except (ConfigError, OSError) as e:
         return _fail(e)
+    for w in plan_warnings(plan):
+        print(f"ogi plan: warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
@@ -181,6 +184,25 @@ def run_plan(args: argparse.Namespace) -> int:
         if args.write:
             print(f"wrote {args.write}")
     return 0
+
+
+# The smallest models the shipped constants were fitted on: Hoffmann et al. (2022) and
+# Epoch AI's replication used models from 44 M to 16 B parameters.
+FITTED_MIN_PARAMS = 44e6
+
+
+def plan_warnings(plan: dict[str, Any]) -> list[str]:
+    """What makes a plan an extrapolation: a budget whose optimal model is far smaller
+    than any model the law's constants were fitted on."""
+    n = float(plan["n_params"])
+    if n < FITTED_MIN_PARAMS / 10:
+        # C = 6·N·D with D = (tokens per parameter)·N at this law's optimum.
+        c_fit = 6 * FITTED_MIN_PARAMS * float(plan["tokens_per_param"]) * FITTED_MIN_PARAMS
+        return [f"--compute {plan['compute']:.3g} FLOPs gives a compute-optimal model of {human(n)} parameters, "
+                f"far below the {human(FITTED_MIN_PARAMS)} smallest model the constants were fitted on: the "
+                f"loss and sizes are an extrapolation, not a plan (a {human(FITTED_MIN_PARAMS)} model needs "
+                f"about {c_fit:.1g} FLOPs)"]
+    return []
 
 
 def run_fit(args: argparse.Namespace) -> int:

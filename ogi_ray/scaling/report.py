@@ -8,18 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ogi_ray.humanize import human  # noqa: F401 (re-exported: callers import it from here)
 from ogi_ray.scaling.fit import FitResult, RunsData
 from ogi_ray.scaling.law import TRAIN_FLOPS_PER_PARAM_TOKEN
-
-
-def human(x: float | None, unit: str = "") -> str:
-    """1.23e10 -> '12.3 B'; keeps tables readable across 20 orders of magnitude."""
-    if x is None:
-        return "n/a"
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale and abs(x) < 1e15:
-            return f"{x / scale:.3g} {suffix}{unit}"
-    return f"{x:.3g} {unit}".rstrip()
 
 
 def plan_table(plan: dict[str, Any]) -> str:
