@@ -47,6 +47,10 @@ def environment() -> dict[str, str]:
 class EvalRunner:
     def __init__(self, run_uri: str, run_name: str, registry: Any, suite: str = "quick",
                  benchmarks: list[str] | None = None, threads: int = 1) -> None:  # fmt: skip
+        if isinstance(registry, str):  # a named actor (so a restarted runner finds it again)
+            import ray
+
+            registry = ray.get_actor(registry)
         self.run_uri, self.run_name, self.registry = run_uri, run_name, registry
         self.suite = suite_config(suite, benchmarks, threads)
         self.done: list[str] = []

@@ -305,8 +305,10 @@ def _actors(plan: LaunchPlan) -> tuple[Any, str, Any, str]:
     return registry, reg_name, tuner, tuner_name
 
 
-def _evaluator(plan: LaunchPlan, registry: Any) -> tuple[Any, str | None]:
-    """The eval actor (evals/attest.py) on the actor tier, when ``evals.enabled``; the
+def _evaluator(plan: LaunchPlan, registry: str) -> tuple[Any, str | None]:
+    """The eval actor (evals/attest.py) on the actor tier, when ``evals.enabled``, given
+    the registry actor's name (a handle as a constructor argument would not survive the
+    actor's restart: ray-project/ray#53727); the
     chain's checkpoints the eval policy covers and nothing attests yet (a run resumed
     after its driver died with evals queued) are queued first."""
     ev = plan.job.evals
@@ -354,7 +356,7 @@ def launch(plan: LaunchPlan, *, progress: bool = False) -> dict[str, Any]:
 
     _write_lineage_objects(plan)
     registry, reg_name, tuner, tuner_name = _actors(plan)
-    evaluator, eval_name = _evaluator(plan, registry)
+    evaluator, eval_name = _evaluator(plan, reg_name)
     watch = Progress(Store(plan.run_uri), plan.job.loop.steps).start() if progress else None
     tier, scaling, par = plan.tier, plan.scaling, plan.parallel
     job = plan.job
