@@ -76,7 +76,17 @@ def test_overrides_and_job_loading(tmp_path):
 
 
 def test_shipped_job_configs_load():
+    """Every shipped config loads with its own loader: a swarm config (``ogi rates
+    measure``) names a ``base_job``; every other file is a job."""
     from pathlib import Path
 
+    import yaml
+
+    from ogi_ray.rates.config import load_swarm
+
+    kinds = {}
     for path in sorted(Path(__file__).parents[1].glob("jobs/configs/*.yaml")):
-        load_job(path)
+        swarm = "base_job" in yaml.safe_load(path.read_text())
+        (load_swarm if swarm else load_job)(path)
+        kinds[path.name] = "swarm" if swarm else "job"
+    assert kinds["rates.yaml"] == "swarm" and kinds["demo.yaml"] == "job"

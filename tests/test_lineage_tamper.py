@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ogi_ray.corpus.output import MARKER
 from ogi_ray.lineage.verify import verify_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,9 @@ def covered_files(demo):
     files = [p for p in (run / "lineage").rglob("*") if p.is_file()]
     for ck in run.glob("step_*"):
         files += [p for p in ck.rglob("*") if p.is_file()]
-    files += [p for p in (demo / "corpus").rglob("*") if p.is_file()]
+    # The corpus, less the build's ownership marker (a fixed text that only says the folder
+    # may be rebuilt into; it holds no data and no manifest entry names it).
+    files += [p for p in (demo / "corpus").rglob("*") if p.is_file() and p.name != MARKER]
     return sorted(files)
 
 
@@ -329,6 +332,10 @@ def test_replay_catches_a_rebuilt_chain_with_a_fabricated_next_to_last_checkpoin
         (lin / "records" / f"{h}.json").write_bytes(canonical_json(rec))
         (run / rec["checkpoint"] / "lineage.json").write_bytes(canonical_json({"record_hash": h, "record": rec}))
     (lin / "HEAD").write_text(h2 + "\n")
+    # The eval attestations name the genuine records; a forger drops them (an unattested
+    # checkpoint is not a finding: evals may be off or still running).
+    shutil.rmtree(lin / "attestations")
+    (lin / "ATTEST_HEAD").unlink()
     assert verify_run(run, corpus=forged / "corpus") == []  # every hash holds
     problems = verify_run(run, corpus=forged / "corpus", replay=1, replay_fn=replay_segment)
     assert problems and "differs from the record's" in problems[0], problems

@@ -103,7 +103,7 @@ def test_metrics_log_chunks_keep_redone_steps_and_skip_a_cut_last_line(tmp_path)
         if s % 2:
             log.flush()
     log.add({"step": 2, "loss": 20.0})  # a resumed run redoes step 2
-    log.flush()
+    log.close()  # flushes write on a background thread: wait for them before reading
     rows = read_rows(run)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 2]
     assert [r["loss"] for r in by_step(rows)] == [0.0, 1.0, 20.0, 3.0]
