@@ -8,7 +8,9 @@ One process, no Ray, no torch.distributed: rows are read from the Parquet shards
 pyarrow in corpus order, collated exactly as the Ray worker does (ogi_ray.train.data),
 and stepped with ogi_ray.train.step.PlainStep (the worker's step object). Prints one JSON line per phase with
 tokens/s, MFU against the device's peak (table entry, else a matmul probe), the loss of
-each objective first → last, and the Merkle root of the final weights.
+each objective first → last, and the Merkle root of the final weights; with --profile N,
+N more steps run under torch.profiler and ``time_breakdown`` gives the fraction of step
+time in matmuls, attention, elementwise ops, the optimizer, data and the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ogi_ray.corpus.manifest import load_manifest, shard_paths
 from ogi_ray.lineage.merkle import weights_root
 from ogi_ray.model import build
 from ogi_ray.parallel.apply import compile_blocks
-from ogi_ray.parallel.device import DeviceConfig, peak_flops, resolve
+from ogi_ray.parallel.device import DeviceConfig, linear_gemm_shapes, peak_flops, resolve
+from ogi_ray.train.breakdown import time_breakdown
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, seeded_generator
 from ogi_ray.train.launch import fit_model_to_corpus
@@ -53,6 +56,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=TunerConfig.ema, help="tuner: smoothing of the norms")
     ap.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     ap.add_argument("--norms-out", default="", help="write each step's raw per-objective grad norms (JSON lines)")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="after the timed steps, profile this many more and print where the time goes")
     args = ap.parse_args()
 
     manifest = load_manifest(args.corpus)
@@ -71,6 +76,13 @@ def main() -> None:
     step_fn = PlainStep(model, job.model, placement, grad_clip=1.0)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
     table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
+    # One peak for the run, before the loop: the best of square probes and the model's GEMMs.
+    peak = peak_flops(placement, linear_gemm_shapes(model, args.batch * job.model.layout.seq_len))
+
+    def batch_at(step: int) -> dict:
+        start = (step * args.batch) % table.num_rows
+        rows = table.take([(start + i) % table.num_rows for i in range(args.batch)]).to_pydict()
+        return collate(rows, job.model, seeded_generator(0, step, 0))
 
     tuner = LossWeightTuner(TunerConfig(objectives=job.model.objectives, warmup=args.warmup,
                                         max_step=args.max_step, dual_lr=args.dual_lr, ema=args.ema,
@@ -85,9 +97,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for step in range(args.steps):
         td = time.perf_counter()
-        start = (step * args.batch) % table.num_rows
-        rows = table.take([(start + i) % table.num_rows for i in range(args.batch)]).to_pydict()
-        batch = collate(rows, job.model, seeded_generator(0, step, 0))
+        batch = batch_at(step)
         t_data += time.perf_counter() - td
         m = step_fn.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
         tokens += int(batch["n_tokens"])
@@ -111,7 +121,10 @@ def main() -> None:
         norms_out.close()
     # Slot-tokens: every layout slot is computed, so FLOPs count the whole sequence.
     slot_tokens = (args.steps - 2) * args.batch * job.model.layout.seq_len
-    peak = peak_flops(placement)
+    root = weights_root({k: v.float().cpu() for k, v in model.state_dict().items()
+                         if not k.startswith("rope") and k != "attn_mask"})  # fmt: skip
+    breakdown = profile_steps(step_fn, opt, sched, batch_at, args.steps, args.profile, lambdas, world_target,
+                              cuda=placement.device.type == "cuda") if args.profile else None  # fmt: skip
     k = max(1, args.steps // 10)
 
     def mean(rows: list[dict[str, float]], key: str) -> float | None:
@@ -136,9 +149,32 @@ def main() -> None:
         "balance_le_2_fraction": sum(r <= 2 for r in ratios) / len(ratios) if ratios else None,
         "median_imbalance": sorted(ratios)[len(ratios) // 2] if ratios else None,
         "lr_checked_steps": check, "lr_matches_formula": lr_ok,
-        "weights_root": weights_root({k: v.float().cpu() for k, v in model.state_dict().items()
-                                      if not k.startswith("rope") and k != "attn_mask"}),
+        "weights_root": root, "time_breakdown": breakdown,
     }))  # fmt: skip
+
+
+def profile_steps(step_fn: PlainStep, opt, sched, batch_at, first: int, n: int, lambdas, world_target, *,
+                  cuda: bool) -> dict[str, float]:  # fmt: skip
+    """Fractions of the step's wall time by category (ogi_ray.train.breakdown) over ``n``
+    more steps under torch.profiler; the batch fetch is timed as ``data``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t_data = 0.0
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for step in range(first, first + n):
+            td = time.perf_counter()
+            batch = batch_at(step)
+            t_data += time.perf_counter() - td
+            step_fn.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    shares = time_breakdown(prof.events(), wall - t_data, device=cuda)
+    out = {k: v * (wall - t_data) / wall for k, v in shares.items()}
+    out["data"] = t_data / wall
+    return out
 
 
 if __name__ == "__main__":

@@ -2,13 +2,19 @@
 
     python benchmarks/train_stack.py --corpus DIR [--preset small] [--steps 30]
         [--batch 8] [--seq 128] [--precision auto] [--workers 1] [--compile]
+        [--checkpoint-every N] [--evals] [--profile 3]
 
 Runs, in one invocation: (1) benchmarks/bare_loop.py in a subprocess (one process, no
 Ray), (2) the same job through ogi_ray.train.driver.train on a local Ray cluster
 (Ray Train, per-rank shard reads with prefetch, the tuner actor, lineage registry and a
-sharded checkpoint at the end). Prints the median text tokens/s of each and their ratio, the stack's median
-data-wait fraction of step time and its median MFU. With --workers 1 both see exactly
-the same rows and per-step randomness.
+sharded checkpoint at the end, or every N steps with --checkpoint-every; with --evals the
+quick eval suite on each checkpoint, on the eval actor, while training goes on). Prints
+the median text tokens/s of each and their ratio, the stack's median data-wait fraction
+of step time and its median MFU, each run's one peak FLOP/s (the best of square and
+model-GEMM probes), and with --profile N the bare loop's breakdown of step time by
+category. With --workers 1 both see exactly the same rows and per-step randomness; with
+W workers the bare loop takes W × batch rows per step on all the threads, the stack
+batch rows per worker on 1/W of them each.
 """
 
 from __future__ import annotations
@@ -36,13 +42,17 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="torch.compile each block, in both")
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="stack: checkpoint every N steps (0: at the end)")
+    ap.add_argument("--evals", action="store_true", help="stack: the quick eval suite on every checkpoint")
+    ap.add_argument("--profile", type=int, default=3, help="bare loop: profile N steps for the time breakdown")
     args = ap.parse_args()
 
     here = Path(__file__).resolve().parent
     bare = subprocess.run(
         [sys.executable, str(here / "bare_loop.py"), "--corpus", args.corpus, "--preset", args.preset,
          "--steps", str(args.steps), "--batch", str(args.batch * args.workers), "--seq", str(args.seq),
-         "--device", "cpu", "--precision", args.precision, *(["--compile"] if args.compile else [])],
+         "--device", "cpu", "--precision", args.precision, "--profile", str(args.profile),
+         *(["--compile"] if args.compile else [])],
         check=True, capture_output=True, text=True,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
     bare_res = json.loads(bare)
@@ -61,7 +71,9 @@ def main() -> None:
         job = job_from_dict({
             "model": {"preset": args.preset, "vocab_size": vocab},
             "data": {"corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq, "accum_steps": 1},
-            "loop": {"steps": args.steps, "checkpoint_every": args.steps, "log_every": args.steps},
+            "loop": {"steps": args.steps, "checkpoint_every": args.checkpoint_every or args.steps,
+                     "log_every": args.checkpoint_every or args.steps},
+            "evals": {"enabled": args.evals, "suite": "quick"},
             # As many torch threads per worker as the bare loop has in all (Ray would give
             # a 0.5-CPU worker one), so the ratio measures the stack, not the thread count.
             "workers": {"num_workers": args.workers, "cpus_per_worker": 0.5,
@@ -77,6 +89,8 @@ def main() -> None:
     stack_tps = median([r["tokens_per_s"] for r in rows])
     print(json.dumps({
         "preset": args.preset, "steps": args.steps, "workers": args.workers, "compile": args.compile,
+        "checkpoint_every": args.checkpoint_every or args.steps, "evals": args.evals,
+        "attestations": summary.get("attestations"), "eval_wait_s": summary.get("eval_wait_s"),
         "bare_text_tokens_per_s": bare_res["text_tokens_per_s"], "stack_text_tokens_per_s": stack_tps,
         "stack_over_bare": stack_tps / bare_res["text_tokens_per_s"],
         "stack_data_wait_fraction": median([r["data_wait_fraction"] for r in rows]),
@@ -85,7 +99,8 @@ def main() -> None:
         # the next: against one peak (the bare loop's), the stack's MFU is the ratio × it.
         "stack_mfu_vs_bare_peak": bare_res["mfu"] * stack_tps / bare_res["text_tokens_per_s"],
         "peak_flops_bare": bare_res["peak_flops"],
-        "peak_flops_stack": median([r["peak_flops"] for r in rows]),
+        "peak_flops_stack": summary["peak_flops"],
+        "bare_time_breakdown": bare_res["time_breakdown"],
     }, indent=1))  # fmt: skip
 
 

@@ -116,11 +116,54 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[
     return best
 
 
-def peak_flops(p: Placement) -> float:
+def linear_gemm_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of each distinct ``nn.Linear`` forward matmul of ``model`` at ``tokens``
+    rows of activations (batch × sequence): the GEMMs the step actually runs."""
+    shapes = {(tokens, m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return sorted(shapes)
+
+
+def measure_gemm_flops(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]],
+                       trials: int = 3, seconds: float = 0.05) -> float:  # fmt: skip
+    """Best achieved FLOP/s over ``shapes`` (M, K, N) and ``trials`` timings of about
+    ``seconds`` each; 0.0 for no shapes."""
+    import time
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        a @ b  # warm up
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        iters = max(1, int(seconds / max(time.perf_counter() - t, 1e-6)))
+        for _ in range(trials):
+            sync()
+            t = time.perf_counter()
+            for _ in range(iters):
+                a @ b
+            sync()
+            best = max(best, 2 * m * k * n * iters / (time.perf_counter() - t))
+    return best
+
+
+def peak_flops(p: Placement, shapes: list[tuple[int, int, int]] | None = None) -> float:
+    """The peak FLOP/s MFU is measured against: the datasheet for a GPU in PEAK_TABLE;
+    otherwise the best of several probes, square matmuls and the model's own GEMM
+    ``shapes`` (linear_gemm_shapes), so that one unlucky timing on a shared host (a single
+    square probe read 1.03 and 2.25 TFLOP/s in one run) cannot halve or double the MFU.
+    Take it once per run and record it with the run (the trainer broadcasts rank 0's)."""
     kind = "bf16" if p.autocast_dtype == torch.bfloat16 else "fp32"
     if p.device.type == "cuda":
         name = torch.cuda.get_device_name(p.device)
         for (gpu, k), v in PEAK_TABLE.items():
             if gpu in name and k == kind:
                 return v
-    return measure_matmul_flops(p.device, p.autocast_dtype or torch.float32)
+    dtype = p.autocast_dtype or torch.float32
+    return max(measure_matmul_flops(p.device, dtype), measure_gemm_flops(p.device, dtype, shapes or []))

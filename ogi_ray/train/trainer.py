@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ogi_ray.parallel.device import Placement, peak_flops, resolve
+from ogi_ray.parallel.device import Placement, linear_gemm_shapes, peak_flops, resolve
 from ogi_ray.parallel.dims import ParallelDims, axis_rank, dp_rank_and_size
 from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
@@ -209,7 +209,11 @@ class Trainer:
         with torch.device("meta"):  # the full model's count, not this rank's stage
             from ogi_ray.model import build
 
-            self.flops_per_token = build(job.model).flops_per_token()
+            full = build(job.model)
+            self.flops_per_token = full.flops_per_token()
+            # The GEMMs of one micro-batch at logical (unsharded) shapes, for the peak probe.
+            self._gemms = linear_gemm_shapes(full, spec.batch_size * job.model.layout.seq_len)
+        self.peak = 0.0
 
     # ── resume ──────────────────────────────────────────────────────────────────────
 
@@ -259,7 +263,7 @@ class Trainer:
         ph = phase_at(phases, st.step)
         if ph.index != st.phase:  # resumed exactly at a phase boundary: its corpus from row 0
             st.phase, st.cursor = ph.index, 0
-        peak = peak_flops(self.placement)  # per device: a table entry, else a matmul probe
+        peak = self.peak = self._peak()
         t_last = time.perf_counter()
         for step in range(self.start_step, job.loop.steps):
             if (nxt := phase_at(phases, step)).index != ph.index:  # next phase: its corpus from row 0
@@ -280,6 +284,12 @@ class Trainer:
         if self.log is not None:
             self.log.close()
         return self.summary()
+
+    def _peak(self) -> float:
+        """One peak FLOP/s per device for the whole run: rank 0's (a datasheet entry, else
+        the best of several probes at the model's GEMM shapes), broadcast, so every rank's
+        MFU and the summary use the same figure."""
+        return broadcast_floats([peak_flops(self.placement, self._gemms) if self.rank == 0 else 0.0])[0]
 
     def _step(self, step: int, ph: Phase, peak: float, t_last: float) -> tuple[dict[str, Any], float]:
         job, st, g_rows = self.job, self.state, self.dp * self.spec.batch_size
@@ -416,7 +426,7 @@ class Trainer:
             "steps": self.job.loop.steps, "start_step": self.start_step, "tokens_seen": st.tokens_seen,
             "loss_first": losses["lm"][0], "loss_last": losses["lm"][1], "losses": losses,
             "final_record": self.hook.last_record if self.hook else "", "final_eval": dict(self.scores),
-            "objectives": objectives,
+            "objectives": objectives, "peak_flops": self.peak,
             "tokens_by_modality": self._tokens_by_modality(),
             "phases": [{"name": p.name, "start": p.start, "steps": p.steps, "token_budget": p.token_budget,
                         "tokens": st.phase_tokens.get(p.name, 0)} for p in self.spec.phases],
