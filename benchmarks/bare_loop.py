@@ -28,7 +28,13 @@ from ogi_ray.corpus.manifest import load_manifest, shard_paths
 from ogi_ray.lineage.merkle import weights_root
 from ogi_ray.model import build
 from ogi_ray.parallel.apply import compile_blocks
-from ogi_ray.parallel.device import DeviceConfig, linear_gemm_shapes, peak_flops, resolve
+from ogi_ray.parallel.device import (
+    DeviceConfig,
+    attention_kernel,
+    linear_gemm_shapes,
+    peak_flops,
+    resolve,
+)
 from ogi_ray.train.breakdown import time_breakdown
 from ogi_ray.train.config import job_from_dict
 from ogi_ray.train.data import COLUMNS, collate, seeded_generator
@@ -70,6 +76,7 @@ def main() -> None:
     placement = resolve(DeviceConfig(device=args.device, precision=args.precision))
     job = replace(job, device=DeviceConfig(device=placement.device.type, precision=args.precision))
     model = build(job.model, seed=0).to(placement.device)
+    model.attention_kernel = attention_kernel(placement.device)  # as the trainer's stepper sets it
     world_target = make_world_target(job.model, 0, placement.device)
     if args.compile:
         compile_blocks(model)

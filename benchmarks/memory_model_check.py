@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import time
 import weakref
 from typing import Any
 
@@ -102,11 +103,23 @@ def _rank(rank: int, world: int, port: int, preset_name: str, lay: dict[str, Any
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with LiveTensors([*st.module.parameters(), *st.module.buffers(), *state]) as live:
         st.step.train(opt, sched, micro, lambdas={}, world_target=None)
-    peak = torch.tensor([float(live.peak)])
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    walls, cpus = [], []
+    for _ in range(lay.get("steps", 0)):  # timed steps (benchmarks/plan_check.py), after the traced one
+        dist.barrier()
+        t, c = time.perf_counter(), time.process_time()
+        st.step.train(opt, sched, micro, lambdas={}, world_target=None)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    # (peak bytes, median wall s, median CPU s), each the largest over ranks.
+    res = torch.tensor([float(live.peak), _median(walls), _median(cpus)], dtype=torch.float64)
+    dist.all_reduce(res, op=dist.ReduceOp.MAX)
     if rank == 0:
-        out.put(float(peak))
+        out.put(tuple(res.tolist()))
     dist.destroy_process_group()
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if xs else 0.0
 
 
 def parse_layout(text: str) -> dict[str, Any]:
@@ -121,7 +134,9 @@ def parse_layout(text: str) -> dict[str, Any]:
     return lay
 
 
-def measure(preset_name: str, lay: dict[str, Any]) -> float:
+def measure(preset_name: str, lay: dict[str, Any]) -> tuple[float, float, float]:
+    """(peak bytes, median wall seconds, median CPU seconds per step) on the busiest rank;
+    the times are 0 unless ``lay["steps"]`` asks for timed steps."""
     world = lay["dp"] * lay["tp"] * lay["pp"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,7 +165,7 @@ def main() -> None:
                             micro_batch_rows=lay["rows"], activation_checkpoint=lay["ac"],
                             sequence_parallel=lay["sp"], reshard_after_forward=lay["reshard"])
         pred = predict_peak_memory(plan, preset(args.model), precision=lay["precision"])
-        got = measure(args.model, lay)
+        got, _, _ = measure(args.model, lay)
         print(f"{text:34s} {pred.peak_bytes / 2**20:14.2f} {got / 2**20:13.2f} "
               f"{pred.peak_bytes / got - 1:+7.1%}  {pred.moment} ({pred.stage} stage)", flush=True)
 

@@ -16,7 +16,7 @@ import torch
 from _dist import run_distributed
 from torch import nn
 
-from ogi_ray.parallel.device import process_group_backend
+from ogi_ray.parallel.device import attention_kernel, process_group_backend
 
 
 def _host_collectives(rank, world):
@@ -40,6 +40,9 @@ def _host_collectives(rank, world):
 def test_gpu_backend_string_gives_the_cpu_a_backend():
     assert process_group_backend(False) == "gloo"
     assert process_group_backend(True) == "cpu:gloo,cuda:nccl"
+    # and the attention kernel: block-sparse FlexAttention only where it has a backward
+    assert attention_kernel(torch.device("cuda")) == "flex"
+    assert attention_kernel(torch.device("cpu")) == "sdpa"
 
 
 def test_an_accelerator_only_group_cannot_carry_the_metric_reduction():

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ogi_ray.model import flex
 from ogi_ray.model.config import ModelConfig
+from ogi_ray.model.flex import BlockMask
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +52,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | BlockMask
     ) -> torch.Tensor:
         b, s, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds n_heads/tp of them.
@@ -58,7 +60,10 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd), fused
+        if isinstance(mask, BlockMask):  # block-sparse (model/flex.py)
+            y = flex.attend(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, S, hd), fused
         return self.wo(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -82,13 +87,17 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | BlockMask
     ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class MultimodalTransformer(nn.Module):
+    # "sdpa": dense masked scaled_dot_product_attention; "flex": a FlexAttention BlockMask
+    # that skips fully masked blocks. Set from outside (parallel.device.attention_kernel).
+    attention_kernel: str = "sdpa"
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -173,16 +182,21 @@ class MultimodalTransformer(nn.Module):
         parts.append(self._segment("txt", self.tok_embed(b["tokens"]), None))
         return torch.cat(parts, dim=1)
 
-    def attention_mask(self, text_doc: torch.Tensor | None) -> torch.Tensor:
+    def attention_mask(self, text_doc: torch.Tensor | None) -> torch.Tensor | BlockMask:
         """The layout mask (S, S), or per row (B, 1, S, S) with text cut at document
-        boundaries when ``text_doc`` (B, T) is given (layout.Layout.row_mask)."""
+        boundaries when ``text_doc`` (B, T) is given (layout.Layout.row_mask); under the
+        "flex" kernel the same pairs as a BlockMask."""
+        if self.attention_kernel == "flex":
+            lay = self.cfg.layout
+            docs = None if text_doc is None else flex.slot_documents(lay.slices()["txt"], lay.seq_len, text_doc)
+            return flex.block_mask(self.attn_mask, docs)
         if text_doc is None:
             return self.attn_mask
         return self.cfg.layout.row_mask(self.attn_mask, text_doc)
 
-    def backbone(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def backbone(self, x: torch.Tensor, mask: torch.Tensor | BlockMask | None = None) -> torch.Tensor:
         """x (B, S, D) → h (B, S, D): the shared representation the objectives read."""
-        mask = self.attn_mask if mask is None else mask
+        mask = self.attention_mask(None) if mask is None else mask
         for layer in self.layers:
             x = layer(x, self.rope_cos, self.rope_sin, mask)
         return self.norm(x)

@@ -73,6 +73,14 @@ def use_gpu(cfg: DeviceConfig) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
 
 
+def attention_kernel(device: torch.device) -> str:
+    """The attention a model runs on ``device`` (MultimodalTransformer.attention_kernel):
+    block-sparse FlexAttention on CUDA, which skips the blocks the layout mask leaves
+    empty; dense masked SDPA on CPU (torch 2.13 has no FlexAttention backward there, and
+    CPU is where replay is checked bit for bit)."""
+    return "flex" if device.type == "cuda" else "sdpa"
+
+
 def process_group_backend(gpu: bool, accelerator: str = "nccl") -> str:
     """The torch.distributed backend string for Ray Train's ``TorchConfig(backend=...)``:
     every device type the run's collectives use gets a backend, the CPU always gloo.

@@ -27,7 +27,7 @@ from ogi_ray.model import build
 from ogi_ray.model.config import ModelConfig
 from ogi_ray.model.transformer import initial_value
 from ogi_ray.parallel import apply as par
-from ogi_ray.parallel.device import Placement
+from ogi_ray.parallel.device import Placement, attention_kernel
 from ogi_ray.parallel.dims import ParallelDims
 from ogi_ray.parallel.materialize import materialize
 from ogi_ray.parallel.pipeline import build_pipeline
@@ -54,6 +54,7 @@ def build_stepper(
     dims = ParallelDims.from_plan(plan)
     with torch.device("meta"):
         model = build(cfg)
+    model.attention_kernel = attention_kernel(device)  # stages are copies: they inherit it
     mesh = par.build_mesh(device.type, dims) if dims.world_size > 1 else None
     init = None if seed is None else (lambda name, shape: initial_value(cfg, name, shape, seed))
     if dims.pp > 1:
