@@ -2,8 +2,8 @@
 boundaries, as a FlexAttention ``BlockMask``, so that blocks of (query, key) slots that
 are entirely masked are skipped instead of computed and thrown away.
 
-    docs = slot_documents(layout, text_doc)   # (B, S) int: document per text slot, -1 elsewhere
-    mask = block_mask(base, docs)             # BlockMask over (B, ·, S, S)
+    docs = slot_documents(txt, S, text_doc)   # (B, S) int: document per text slot, -1 elsewhere
+    mask = block_mask(base, docs)             # base (S, S) bool → BlockMask over (B, any H, S, S)
     y = attend(q, k, v, mask)                 # q, k, v (B, H, S, hd) → (B, H, S, hd)
 
 It keeps exactly the pairs ``Layout.row_mask`` keeps: ``base[q, kv]``, and inside the
