@@ -148,6 +148,7 @@ def main() -> None:
         "torch": torch.__version__, "preset": args.preset, "params": model.num_params(),
         "precision": str(placement.autocast_dtype or "fp32"), "compile": args.compile, "steps": args.steps,
         "text_tokens_per_s": tokens / dt, "slot_tokens_per_s": slot_tokens / dt,
+        "step_s": dt / (args.steps - 2), "text_tokens_per_step": tokens / (args.steps - 2),
         "mfu": slot_tokens / dt * model.flops_per_token() / peak, "peak_flops": peak,
         "data_wait_fraction": t_data / dt,
         "tuner": args.tuner, "max_step": args.max_step, "dual_lr": args.dual_lr, "ema": args.ema,

@@ -93,6 +93,10 @@ def main() -> None:
         "attestations": summary.get("attestations"), "eval_wait_s": summary.get("eval_wait_s"),
         "bare_text_tokens_per_s": bare_res["text_tokens_per_s"], "stack_text_tokens_per_s": stack_tps,
         "stack_over_bare": stack_tps / bare_res["text_tokens_per_s"],
+        # Per-step figures separate a slower step from a step that feeds fewer text tokens.
+        "bare_step_s": bare_res["step_s"], "stack_step_s": median([r["batch_tokens"] / r["tokens_per_s"] for r in rows]),
+        "bare_text_tokens_per_step": bare_res["text_tokens_per_step"],
+        "stack_text_tokens_per_step": sum(r["batch_tokens"] for r in rows) / len(rows),
         "stack_data_wait_fraction": median([r["data_wait_fraction"] for r in rows]),
         "stack_mfu": median([r["mfu"] for r in rows]), "bare_mfu": bare_res["mfu"],
         # The matmul probe swings 0.3-1.1 TFLOP/s on this shared host from one moment to

@@ -81,6 +81,15 @@ def attention_kernel(device: torch.device) -> str:
     return "flex" if device.type == "cuda" else "sdpa"
 
 
+def prefetch_batches(device: torch.device) -> bool:
+    """Whether a rank collates its next batch on a background thread during the step.
+    On CUDA, yes: the step's host thread mostly waits on the GPU, so the collate overlaps.
+    On CPU, no: the collate and the step share the cores and the GIL. With small on 2
+    cores the step took 0.39 s with prefetch and 0.28 s without, against 0.27 s for the
+    bare loop, while the collate itself is 2 % of a step (docs/parallel_apply.md)."""
+    return device.type == "cuda"
+
+
 def process_group_backend(gpu: bool, accelerator: str = "nccl") -> str:
     """The torch.distributed backend string for Ray Train's ``TorchConfig(backend=...)``:
     every device type the run's collectives use gets a backend, the CPU always gloo.

@@ -27,7 +27,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ogi_ray.parallel.device import Placement, linear_gemm_shapes, peak_flops, resolve
+from ogi_ray.parallel.device import (
+    Placement,
+    linear_gemm_shapes,
+    peak_flops,
+    prefetch_batches,
+    resolve,
+)
 from ogi_ray.parallel.dims import ParallelDims, axis_rank, dp_rank_and_size
 from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
@@ -137,8 +143,8 @@ class Lambdas:
 class Feed:
     """This dp rank's collated micro-batches from each phase's corpus."""
 
-    def __init__(self, spec: WorkerSpec, dp_rank: int, dp: int) -> None:
-        self.spec, self.dp_rank, self.dp = spec, dp_rank, dp
+    def __init__(self, spec: WorkerSpec, dp_rank: int, dp: int, *, prefetch: bool) -> None:
+        self.spec, self.dp_rank, self.dp, self.prefetch = spec, dp_rank, dp, prefetch
         self.streams: dict[int, RankStream] = {}
         self._heldout: dict[int, dict[str, Any]] = {}
         self._slots = model_slots(spec.job.model)
@@ -160,7 +166,8 @@ class Feed:
                 s.close()
             self._phase, self._counts = phase, {}
             reader = RowReader(self.spec.orders[phase], COLUMNS)
-            self.streams = {phase: RankStream(reader, self.dp_rank, self.dp, self.spec.batch_size, self._collate)}
+            self.streams = {phase: RankStream(reader, self.dp_rank, self.dp, self.spec.batch_size, self._collate,
+                                              prefetch=self.prefetch)}  # fmt: skip
         return self.streams[phase].get(step, cursor, accum)
 
     def counts(self, step: int) -> list[float]:
@@ -193,7 +200,7 @@ class Trainer:
         self.opt, self.sched = build_optimizer(stepper.module, job.optim, job.loop.steps)
         self.world_target = make_world_target(job.model, job.loop.seed, placement.device)
         dp_rank, self.dp = dp_rank_and_size(stepper.mesh)
-        self.feed = Feed(spec, dp_rank, self.dp)
+        self.feed = Feed(spec, dp_rank, self.dp, prefetch=prefetch_batches(placement.device))
         self.lambdas = Lambdas(tuner, job.model.objectives, rank)
         self.hook = LineageHook(registry, spec.run_name, spec.config_hash) if rank == 0 else None
         self.evaluator = evaluator if rank == 0 else None
