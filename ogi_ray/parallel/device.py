@@ -110,27 +110,7 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[
     """Best achieved FLOP/s of square matmuls: the peak used for MFU when no table entry
     applies. Best over sizes and trials, because a single short timing on a shared CPU
     read anywhere from 0.44 to 1.1 TFLOP/s for the same bf16 matmul (2 AMX cores)."""
-    import time
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        iters = max(2, int(4e10 / (2 * n**3)))  # ~40 GFLOP per trial
-        for _ in range(2):
-            a @ b  # warm up kernels and caches
-        for _ in range(trials):
-            sync()
-            t = time.perf_counter()
-            for _ in range(iters):
-                a @ b
-            sync()
-            best = max(best, 2 * n**3 * iters / (time.perf_counter() - t))
-    return best
+    return measure_gemm_flops(device, dtype, [(n, n, n) for n in sizes], trials)
 
 
 def linear_gemm_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, int, int]]:
@@ -143,7 +123,8 @@ def linear_gemm_shapes(model: torch.nn.Module, tokens: int) -> list[tuple[int, i
 def measure_gemm_flops(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]],
                        trials: int = 3, seconds: float = 0.05) -> float:  # fmt: skip
     """Best achieved FLOP/s over ``shapes`` (M, K, N) and ``trials`` timings of about
-    ``seconds`` each; 0.0 for no shapes."""
+    ``seconds`` each (after one warm-up product and one that sizes the trials); 0.0 for no
+    shapes."""
     import time
 
     def sync() -> None:
@@ -154,12 +135,12 @@ def measure_gemm_flops(device: torch.device, dtype: torch.dtype, shapes: list[tu
     for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        a @ b  # warm up
+        a @ b  # warm up kernels and caches
         sync()
         t = time.perf_counter()
         a @ b
         sync()
-        iters = max(1, int(seconds / max(time.perf_counter() - t, 1e-6)))
+        iters = max(2, int(seconds / max(time.perf_counter() - t, 1e-6)))
         for _ in range(trials):
             sync()
             t = time.perf_counter()

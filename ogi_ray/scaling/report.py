@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ogi_ray.humanize import human  # noqa: F401 (re-exported: callers import it from here)
+from ogi_ray.humanize import human
 from ogi_ray.scaling.fit import FitResult, RunsData
 from ogi_ray.scaling.law import TRAIN_FLOPS_PER_PARAM_TOKEN
 
