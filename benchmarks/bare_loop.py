@@ -2,7 +2,7 @@
 GPU smoke test (the same code on CUDA + bf16 by configuration alone).
 
     python benchmarks/bare_loop.py --corpus DIR [--preset small] [--steps 30] [--device auto]
-        [--precision auto] [--batch 16] [--seq 128]
+        [--precision auto] [--batch 16] [--seq 128] [--nproc 1]
 
 One process, no Ray, no torch.distributed: rows are read from the Parquet shards with
 pyarrow in corpus order, collated exactly as the Ray worker does (ogi_ray.train.data),
@@ -11,6 +11,13 @@ tokens/s, MFU against the device's peak (table entry, else a matmul probe), the 
 each objective first → last, and the Merkle root of the final weights; with --profile N,
 N more steps run under torch.profiler and ``time_breakdown`` gives the fraction of step
 time in matmuls, attention, elementwise ops, the optimizer, data and the rest.
+
+With ``--nproc W`` (W > 1) it is the torchrun-style baseline of a W-worker job: W
+processes on one gloo group (``cpu:gloo,cuda:nccl`` on GPUs), each with 1/W of the
+threads, the model sharded by the trainer's own ``build_stepper`` for dp = W (FSDP2), each
+rank reading its own ``--batch`` rows per step; no Ray, no metric reductions, no tuner
+(λ stay at their initial values), no lineage, no checkpoints. It prints step seconds and
+tokens only: the stack's per-rank overhead is its step against this one.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +39,7 @@ from ogi_ray.model import build
 from ogi_ray.parallel.apply import compile_blocks
 from ogi_ray.parallel.device import (
     DeviceConfig,
+    Placement,
     attention_kernel,
     linear_gemm_shapes,
     peak_flops,
@@ -64,17 +74,14 @@ def main() -> None:
     ap.add_argument("--norms-out", default="", help="write each step's raw per-objective grad norms (JSON lines)")
     ap.add_argument("--profile", type=int, default=0,
                     help="after the timed steps, profile this many more and print where the time goes")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="W > 1: W processes on one gloo/NCCL group, FSDP2 over dp = W, --batch rows each")
     args = ap.parse_args()
+    if args.nproc > 1:
+        run_distributed(args)
+        return
 
-    manifest = load_manifest(args.corpus)
-    vocab = int(manifest["tokenizers"]["text"]["vocab_size"])
-    job = job_from_dict({"model": {"preset": args.preset, "vocab_size": vocab},
-                         "data": {"corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq,
-                                  "accum_steps": 1},
-                         "loop": {"steps": args.steps}})  # fmt: skip
-    job = fit_model_to_corpus(job, manifest)
-    placement = resolve(DeviceConfig(device=args.device, precision=args.precision))
-    job = replace(job, device=DeviceConfig(device=placement.device.type, precision=args.precision))
+    job, placement, table = load_job(args)
     model = build(job.model, seed=0).to(placement.device)
     model.attention_kernel = attention_kernel(placement.device)  # as the trainer's stepper sets it
     world_target = make_world_target(job.model, 0, placement.device)
@@ -82,14 +89,9 @@ def main() -> None:
         compile_blocks(model)
     step_fn = PlainStep(model, job.model, placement, grad_clip=1.0)
     opt, sched = build_optimizer(model, job.optim, job.loop.steps)
-    table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
     # One peak for the run, before the loop: the best of square probes and the model's GEMMs.
     peak = peak_flops(placement, linear_gemm_shapes(model, args.batch * job.model.layout.seq_len))
-
-    def batch_at(step: int) -> dict:
-        start = (step * args.batch) % table.num_rows
-        rows = table.take([(start + i) % table.num_rows for i in range(args.batch)]).to_pydict()
-        return collate(rows, job.model, seeded_generator(0, step, 0))
+    batch_at = batch_source(table, job, args.batch)
 
     tuner = LossWeightTuner(TunerConfig(objectives=job.model.objectives, warmup=args.warmup,
                                         max_step=args.max_step, dual_lr=args.dual_lr, ema=args.ema,
@@ -159,6 +161,99 @@ def main() -> None:
         "lr_checked_steps": check, "lr_matches_formula": lr_ok,
         "weights_root": root, "time_breakdown": breakdown,
     }))  # fmt: skip
+
+
+def load_job(args: argparse.Namespace) -> tuple[Any, Placement, pa.Table]:
+    """The job the trainer would run for these arguments, its placement, and the corpus
+    rows (all shards, corpus order)."""
+    manifest = load_manifest(args.corpus)
+    vocab = int(manifest["tokenizers"]["text"]["vocab_size"])
+    job = job_from_dict({"model": {"preset": args.preset, "vocab_size": vocab},
+                         "data": {"corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq,
+                                  "accum_steps": 1},
+                         "loop": {"steps": args.steps}})  # fmt: skip
+    job = fit_model_to_corpus(job, manifest)
+    placement = resolve(DeviceConfig(device=args.device, precision=args.precision))
+    job = replace(job, device=DeviceConfig(device=placement.device.type, precision=args.precision))
+    table = pa.concat_tables([pq.read_table(p, columns=COLUMNS) for p in shard_paths(args.corpus)])
+    return job, placement, table
+
+
+def batch_source(table: pa.Table, job: Any, rows: int, rank: int = 0, world: int = 1) -> Callable[[int], dict]:
+    """step → this rank's collated batch: ``rows`` consecutive corpus rows, rank r of W
+    taking the r-th block of W·rows at each step (wrapping at the end of the corpus)."""
+
+    def batch_at(step: int) -> dict:
+        start = ((step * world + rank) * rows) % table.num_rows
+        picked = table.take([(start + i) % table.num_rows for i in range(rows)]).to_pydict()
+        return collate(picked, job.model, seeded_generator(0, step, rank))
+
+    return batch_at
+
+
+def run_distributed(args: argparse.Namespace) -> None:
+    """Spawn ``args.nproc`` ranks of ``_rank`` and print rank 0's JSON line."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    threads = max(1, torch.get_num_threads() // args.nproc)
+    q = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_rank, args=(args.nproc, port, threads, args, q), nprocs=args.nproc, start_method="spawn")
+    print(json.dumps(q.get()))
+
+
+def _rank(rank: int, world: int, port: int, threads: int, args: argparse.Namespace, out: Any) -> None:
+    """One rank of the torchrun-style baseline: the trainer's own build_stepper for dp =
+    world, its own rows, fixed λ; time steps 2.. between barriers."""
+    import torch.distributed as dist
+
+    from ogi_ray.parallel.device import process_group_backend
+    from ogi_ray.parallel.plan import ParallelPlan
+    from ogi_ray.train.stepper import build_stepper
+
+    torch.set_num_threads(threads)
+    job, placement, table = load_job(args)
+    if placement.use_gpu:  # one GPU per rank, as Ray Train assigns them
+        placement = replace(placement, device=torch.device("cuda", rank))
+        torch.cuda.set_device(placement.device)
+    dist.init_process_group(process_group_backend(placement.use_gpu), init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world)  # fmt: skip
+    try:
+        plan = ParallelPlan(dp=world, micro_batch_rows=args.batch)
+        st = build_stepper(job.model, plan, placement, seed=0, compile=args.compile, grad_clip=1.0)
+        opt, sched = build_optimizer(st.module, job.optim, job.loop.steps)
+        world_target = make_world_target(job.model, 0, placement.device)
+        lambdas = LossWeightTuner(TunerConfig(objectives=job.model.objectives)).weights()
+        batch_at = batch_source(table, job, args.batch, rank, world)
+
+        def sync() -> None:
+            if placement.use_gpu:
+                torch.cuda.synchronize()
+            dist.barrier()
+
+        tokens, t0 = 0, 0.0
+        for step in range(args.steps):
+            batch = batch_at(step)
+            st.step.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
+            tokens += int(batch["n_tokens"])
+            if step == 1:  # exclude warm-up, as the one-process loop does
+                sync()
+                t0, tokens = time.perf_counter(), 0
+        sync()
+        dt = time.perf_counter() - t0
+        total = torch.tensor([float(tokens)], dtype=torch.float64)
+        dist.all_reduce(total)  # a host tensor: the gloo half of the group on GPUs too
+        if rank == 0:
+            out.put({"preset": args.preset, "nproc": world, "threads_per_rank": threads,
+                     "rows_per_rank": args.batch, "steps": args.steps,
+                     "text_tokens_per_s": float(total) / dt, "step_s": dt / (args.steps - 2),
+                     "text_tokens_per_step": float(total) / (args.steps - 2)})  # fmt: skip
+    finally:
+        dist.destroy_process_group()
 
 
 def profile_steps(step_fn: PlainStep, opt, sched, batch_at, first: int, n: int, lambdas, world_target, *,

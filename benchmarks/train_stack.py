@@ -14,7 +14,11 @@ of step time and its median MFU, each run's one peak FLOP/s (the best of square 
 model-GEMM probes), and with --profile N the bare loop's breakdown of step time by
 category. With --workers 1 both see exactly the same rows and per-step randomness; with
 W workers the bare loop takes W × batch rows per step on all the threads, the stack
-batch rows per worker on 1/W of them each.
+batch rows per worker on 1/W of them each, and a third run, ``bare_loop.py --nproc W``
+(W gloo ranks, FSDP2 by the trainer's own build_stepper, no Ray), is the torchrun-style
+baseline at the same decomposition: ``stack_over_bare_dist`` is what the stack adds.
+Ratios are given twice: of the median step (``stack_over_*``) and of the mean over all
+timed steps (``stack_mean_over_*``), which also counts checkpoints and eval dispatches.
 """
 
 from __future__ import annotations
@@ -47,15 +51,10 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=3, help="bare loop: profile N steps for the time breakdown")
     args = ap.parse_args()
 
-    here = Path(__file__).resolve().parent
-    bare = subprocess.run(
-        [sys.executable, str(here / "bare_loop.py"), "--corpus", args.corpus, "--preset", args.preset,
-         "--steps", str(args.steps), "--batch", str(args.batch * args.workers), "--seq", str(args.seq),
-         "--device", "cpu", "--precision", args.precision, "--profile", str(args.profile),
-         *(["--compile"] if args.compile else [])],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
-    bare_res = json.loads(bare)
+    bare_res = bare_loop(args, "--batch", str(args.batch * args.workers), "--profile", str(args.profile))
+    # W workers: also the torchrun-style loop (W gloo ranks, FSDP2, 1/W of the threads each),
+    # which separates what data parallelism costs on this host from what the stack adds.
+    dist_res = bare_loop(args, "--batch", str(args.batch), "--nproc", str(args.workers)) if args.workers > 1 else None
 
     import ray
     import torch
@@ -87,12 +86,23 @@ def main() -> None:
         ray.shutdown()
     rows = rows[2:]  # warm-up steps excluded, as in the bare loop
     stack_tps = median([r["tokens_per_s"] for r in rows])
+    # A step's time runs from the end of the one before, so a checkpoint (and the eval
+    # dispatch) lands in the next step: the mean over all steps counts it, the median not.
+    stack_mean_tps = sum(r["batch_tokens"] for r in rows) / sum(r["batch_tokens"] / r["tokens_per_s"] for r in rows)
+    dist = {} if dist_res is None else {
+        "bare_dist_text_tokens_per_s": dist_res["text_tokens_per_s"], "bare_dist_step_s": dist_res["step_s"],
+        "stack_over_bare_dist": stack_tps / dist_res["text_tokens_per_s"],
+        "stack_mean_over_bare_dist": stack_mean_tps / dist_res["text_tokens_per_s"],
+    }  # fmt: skip
     print(json.dumps({
         "preset": args.preset, "steps": args.steps, "workers": args.workers, "compile": args.compile,
         "checkpoint_every": args.checkpoint_every or args.steps, "evals": args.evals,
         "attestations": summary.get("attestations"), "eval_wait_s": summary.get("eval_wait_s"),
         "bare_text_tokens_per_s": bare_res["text_tokens_per_s"], "stack_text_tokens_per_s": stack_tps,
         "stack_over_bare": stack_tps / bare_res["text_tokens_per_s"],
+        "stack_mean_text_tokens_per_s": stack_mean_tps,
+        "stack_mean_over_bare": stack_mean_tps / bare_res["text_tokens_per_s"],
+        **dist,
         # Per-step figures separate a slower step from a step that feeds fewer text tokens.
         "bare_step_s": bare_res["step_s"], "stack_step_s": median([r["batch_tokens"] / r["tokens_per_s"] for r in rows]),
         "bare_text_tokens_per_step": bare_res["text_tokens_per_step"],
@@ -106,6 +116,19 @@ def main() -> None:
         "peak_flops_stack": summary["peak_flops"],
         "bare_time_breakdown": bare_res["time_breakdown"],
     }, indent=1))  # fmt: skip
+
+
+def bare_loop(args: argparse.Namespace, *extra: str) -> dict:
+    """benchmarks/bare_loop.py on the same corpus, model and steps, in a subprocess: its
+    JSON line."""
+    here = Path(__file__).resolve().parent
+    out = subprocess.run(
+        [sys.executable, str(here / "bare_loop.py"), "--corpus", args.corpus, "--preset", args.preset,
+         "--steps", str(args.steps), "--seq", str(args.seq), "--device", "cpu", "--precision", args.precision,
+         *extra, *(["--compile"] if args.compile else [])],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    return json.loads(out)
 
 
 if __name__ == "__main__":
