@@ -90,3 +90,12 @@ def test_shipped_job_configs_load():
         (load_swarm if swarm else load_job)(path)
         kinds[path.name] = "swarm" if swarm else "job"
     assert kinds["rates.yaml"] == "swarm" and kinds["demo.yaml"] == "job"
+
+
+def test_eval_priority_is_checked_and_idle_by_default():
+    from ogi_ray.train.config import EvalsConfig
+
+    assert from_dict(EvalsConfig, {}).priority == "idle"
+    with pytest.raises(ConfigError) as e:
+        from_dict(EvalsConfig, {"priority": "low"}, file="job.yaml")
+    assert e.value.field == "priority" and "'idle' or 'normal'" in e.value.message

@@ -228,3 +228,29 @@ def test_scores_are_recorded_as_six_decimals():
     with pytest.raises(EvalError):
         format_score(float("nan"))
 
+
+
+def test_idle_priority_covers_threads_started_before_and_after():
+    # In a child process: the test process itself must keep its scheduling class.
+    import subprocess
+    import sys
+
+    code = """
+import os, threading, time
+from ogi_ray.evals.attest import lower_priority
+ev = threading.Event()
+def wait():
+    ev.wait()
+early = threading.Thread(target=wait); early.start()
+assert os.sched_getscheduler(0) == os.SCHED_OTHER
+print(lower_priority())
+seen = {}
+def late():
+    seen['late'] = os.sched_getscheduler(0)
+t = threading.Thread(target=late); t.start(); t.join()
+print(os.sched_getscheduler(0) == os.SCHED_IDLE, seen['late'] == os.SCHED_IDLE,
+      os.sched_getscheduler(early.native_id) == os.SCHED_IDLE)
+ev.set(); early.join()
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["SCHED_IDLE", "True", "True", "True"]

@@ -9,11 +9,15 @@ commits each score vector to the lineage as an attestation (lineage/attest.py).
     driver, after training ─► runner.drain.remote(): every queued eval is done
 
 A plain class (no Ray here): ``train/launch.py`` wraps it with ``ray.remote`` where it is
-launched, with the registry's actor handle; tests drive it with a plain registry.
+launched, with the registry's actor handle; tests drive it with a plain registry. With
+``priority="idle"`` (the default of ``evals.priority``) the runner's process drops to
+SCHED_IDLE before it computes anything: an eval sharing a node with training ranks then
+runs only in the cycles the ranks leave (their gloo and data waits, the end of the run).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import replace
 from typing import Any
@@ -44,9 +48,26 @@ def environment() -> dict[str, str]:
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}  # fmt: skip
 
 
+def lower_priority() -> str:
+    """Put every thread of this process, and the threads it starts later (they inherit
+    the policy: torch's intra-op pool is created on first use), under Linux's SCHED_IDLE;
+    where the OS has no such class, at nice 19. Returns what was applied."""
+    if hasattr(os, "sched_setscheduler") and os.path.isdir("/proc/self/task"):
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+        return "SCHED_IDLE"
+    os.nice(19 - os.nice(0))
+    return "nice 19"
+
+
 class EvalRunner:
     def __init__(self, run_uri: str, run_name: str, registry: Any, suite: str = "quick",
-                 benchmarks: list[str] | None = None, threads: int = 1) -> None:  # fmt: skip
+                 benchmarks: list[str] | None = None, threads: int = 1, priority: str = "normal") -> None:  # fmt: skip
+        if priority == "idle":
+            lower_priority()
         if isinstance(registry, str):  # a named actor (so a restarted runner finds it again)
             import ray
 

@@ -132,8 +132,14 @@ class EvalsConfig:
     # for an actor (as the tuner and registry), fine on one machine; on a cluster give it
     # the CPUs of a node of the CPU tier (placement.actor_tier), so it never competes.
     cpus: float = 0.0
+    # "idle": the eval actor runs under SCHED_IDLE (evals/attest.lower_priority), so on a
+    # node it shares with training ranks it only takes cycles they leave unused and never
+    # slows a step; alone on a node it runs at full speed. "normal": an ordinary process.
+    priority: str = "idle"
 
     def validate(self) -> None:
+        if self.priority not in ("idle", "normal"):
+            raise ValueError(f"priority: {self.priority!r} is not 'idle' or 'normal'")
         if self.suite not in ("quick", "full"):
             raise ValueError(f"suite: {self.suite!r} is not 'quick' or 'full'")
         known = ("heldout", "humaneval", "digits", "world", "metaworld")

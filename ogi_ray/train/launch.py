@@ -322,7 +322,8 @@ def _evaluator(plan: LaunchPlan, registry: str) -> tuple[Any, str | None]:
     runner = (ray.remote(EvalRunner)
               .options(name=name, num_cpus=ev.cpus, max_restarts=-1, max_task_retries=3,
                        **placement.actor_options(plan.job.placement))
-              .remote(plan.run_uri, plan.job.run.name, registry, ev.suite, ev.benchmarks, ev.threads))  # fmt: skip
+              .remote(plan.run_uri, plan.job.run.name, registry, ev.suite, ev.benchmarks, ev.threads,
+                      ev.priority))  # fmt: skip
     loop = plan.job.loop
     for step, h in unattested(Store(plan.run_uri).sub("lineage")):
         if ev.wants(step, loop.checkpoint_every, loop.steps):
