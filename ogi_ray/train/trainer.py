@@ -213,6 +213,8 @@ class Trainer:
         self.start_step, self.scores = 0, {}
         self._accounts: dict[int, Consumption] = {}  # per phase index
         self._pending: dict[str, Any] | None = None  # a checkpoint whose shards are being written
+        # Seconds this rank spent on checkpoints, by part (the summary's checkpoint_s).
+        self.ckpt_s = {"count": 0, "heldout_eval": 0.0, "save": 0.0, "record": 0.0}
         with torch.device("meta"):  # the full model's count, not this rank's stage
             from ogi_ray.model import build
 
@@ -370,7 +372,9 @@ class Trainer:
         import ray
 
         self.finish_checkpoint()  # one background save at a time
+        t0 = time.perf_counter()
         self.scores = self.stepper.step.evaluate(self.feed.heldout(ph.index), self.world_target)
+        t1 = time.perf_counter()
         tuner = self.lambdas.tuner
         train_state = {**self.state.to_dict(), "gns": self.gns.state_dict(),
                        "tuner": ray.get(tuner.state_dict.remote()) if (self.rank == 0 and tuner) else None,
@@ -384,6 +388,9 @@ class Trainer:
                          "manifest_hash": ph.manifest_hash, "cursor": self.state.data_cursor(),
                          "segment": self.hook.take_segment() if self.hook else [],
                          "rng": ckpt.rng_commitment(self.job.loop.seed)}  # fmt: skip
+        self.ckpt_s["count"] += 1
+        self.ckpt_s["heldout_eval"] += t1 - t0
+        self.ckpt_s["save"] += time.perf_counter() - t1  # the shards themselves, unless async
         if not self.job.loop.checkpoint_async:
             self.finish_checkpoint()
 
@@ -397,6 +404,7 @@ class Trainer:
         if self._pending is None:
             return
         p, self._pending = self._pending, None
+        t0 = time.perf_counter()
         saved = p["pending"].result()
         name, fields, report = checkpoint_name(p["step"]), None, None
         if self.hook is not None:
@@ -411,6 +419,7 @@ class Trainer:
             loop = self.job.loop
             if self.evaluator is not None and self.job.evals.wants(p["step"], loop.checkpoint_every, loop.steps):
                 self.evaluator.evaluate.remote(p["step"], h)  # off the hot path: never waited on here
+        self.ckpt_s["record"] += time.perf_counter() - t0  # the shards' wait, record, report, append
 
     def _tokens_by_modality(self) -> dict[str, float]:
         """Tokens fed per modality over every phase (what observe.py's rates count)."""
@@ -434,6 +443,7 @@ class Trainer:
             "loss_first": losses["lm"][0], "loss_last": losses["lm"][1], "losses": losses,
             "final_record": self.hook.last_record if self.hook else "", "final_eval": dict(self.scores),
             "objectives": objectives, "peak_flops": self.peak,
+            "checkpoint_s": {k: round(v, 3) for k, v in self.ckpt_s.items()},
             "tokens_by_modality": self._tokens_by_modality(),
             "phases": [{"name": p.name, "start": p.start, "steps": p.steps, "token_budget": p.token_budget,
                         "tokens": st.phase_tokens.get(p.name, 0)} for p in self.spec.phases],
