@@ -2,7 +2,7 @@
 
     python benchmarks/train_stack.py --corpus DIR [--preset small] [--steps 30]
         [--batch 8] [--seq 128] [--precision auto] [--workers 1] [--compile]
-        [--checkpoint-every N] [--evals] [--profile 3]
+        [--checkpoint-every N] [--evals [--eval-priority idle|normal]] [--profile 3]
 
 Runs, in one invocation: (1) benchmarks/bare_loop.py in a subprocess (one process, no
 Ray), (2) the same job through ogi_ray.train.driver.train on a local Ray cluster
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile each block, in both")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="stack: checkpoint every N steps (0: at the end)")
     ap.add_argument("--evals", action="store_true", help="stack: the quick eval suite on every checkpoint")
+    ap.add_argument("--eval-priority", default="idle", choices=["idle", "normal"], help="stack: evals.priority")
     ap.add_argument("--profile", type=int, default=3, help="bare loop: profile N steps for the time breakdown")
     args = ap.parse_args()
 
@@ -73,7 +74,7 @@ def main() -> None:
             "data": {"corpus": args.corpus, "batch_size": args.batch, "seq_len": args.seq, "accum_steps": 1},
             "loop": {"steps": args.steps, "checkpoint_every": args.checkpoint_every or args.steps,
                      "log_every": args.checkpoint_every or args.steps},
-            "evals": {"enabled": args.evals, "suite": "quick"},
+            "evals": {"enabled": args.evals, "suite": "quick", "priority": args.eval_priority},
             # As many torch threads per worker as the bare loop has in all (Ray would give
             # a 0.5-CPU worker one), so the ratio measures the stack, not the thread count.
             "workers": {"num_workers": args.workers, "cpus_per_worker": 0.5,
