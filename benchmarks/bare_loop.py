@@ -254,6 +254,9 @@ def _rank(rank: int, world: int, port: int, threads: int, args: argparse.Namespa
                      "text_tokens_per_step": float(total) / (args.steps - 2)})  # fmt: skip
     finally:
         dist.destroy_process_group()
+    from memory_model_check import exit_now  # (benchmarks/ is on the path of a script run)
+
+    exit_now()  # the same abort at teardown as memory_model_check's ranks
 
 
 def profile_steps(step_fn: PlainStep, opt, sched, batch_at, first: int, n: int, lambdas, world_target, *,
