@@ -5,7 +5,8 @@ ranking) and peak memory per rank, for the real model on this machine.
         [--layout dp=2 --layout tp=2,rows=16 ...]   (keys as memory_model_check.py)
 
 1. Probe this machine at the model's own GEMM shapes (``calibrate.probe_calibration``:
-   GEMMs at tp 1 and 2, copy, op overhead, DTensor/FSDP2 wrapper cost, a gloo
+   GEMMs at tp 1 and 2, copy, op overhead, masked attention, one real block's
+   element-wise chain, the LM head and loss, DTensor/FSDP2 wrapper cost, a gloo
    all-reduce) and put the result on the ``cpu-2`` topology: the planner's inputs.
 2. For each layout: run it (memory_model_check.measure: its own gloo group, one process
    per rank, one thread each, the trainer's build_stepper and step objects), take the
@@ -65,6 +66,12 @@ def main() -> None:
     ap.add_argument("--layout", action="append", default=None, help="e.g. dp=2,rows=4 (repeatable)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The probes must run at the ranks' thread count (memory_model_check: one each). torch
+    # is imported already (by memory_model_check), so the variable alone is too late: the
+    # probes took both cores and read every rate about 2x too fast.
+    import torch
+
+    torch.set_num_threads(1)
     texts = args.layout or DEFAULT_LAYOUTS[args.model]
     lays = [dict(parse_layout(t), steps=args.steps) for t in texts]
     plans = [_plan(lay) for lay in lays]
@@ -74,9 +81,11 @@ def main() -> None:
     rows = min(p.micro_batch_rows for p in plans)
     cal = probe_calibration(model_spec(cfg, global_batch=plans[0].global_batch), rows, tp=(1, 2), collective=True)
     topo = replace(load_topology("cpu-2"), calibration=cal)
-    print(f"calibration: gemm {cal.gemm_tflops:.3f} TFLOP/s, copy {cal.copy_gb_per_s:.1f} GB/s, op "
+    print(f"calibration: gemm {cal.gemm_tflops:.3f} TFLOP/s, attention {cal.attn_tflops:.3f} TFLOP/s, "
+          f"element-wise {cal.elem_gb_per_s:.2f} GB/s, LM loss {cal.loss_gb_per_s:.2f} GB/s, "
+          f"copy {cal.copy_gb_per_s:.1f} GB/s, op "
           f"{cal.op_overhead_us:.1f} us, tp module {cal.tp_module_overhead_us:.0f} us, fsdp group "
-          f"{cal.fsdp_group_overhead_us:.0f} us, gloo {cal.intra_bus_gbps:.1f} GB/s + {cal.intra_latency_us:.0f} us",
+          f"{cal.fsdp_group_overhead_us:.0f} us, dp group {cal.dp_group_overhead_us:.0f} us, gloo {cal.intra_bus_gbps:.1f} GB/s + {cal.intra_latency_us:.0f} us",
           flush=True)  # fmt: skip
     got, pred_t, pred_m = [], [], []
     for lay, plan in zip(lays, plans, strict=True):

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from ogi_ray.parallel.calibrate import Measurement, fit_calibration, fit_gemm, gemm_shapes
-from ogi_ray.parallel.cost import evaluate
+from ogi_ray.parallel.cost import (
+    _block_compute,
+    block_attention_flops,
+    block_elementwise_bytes,
+    evaluate,
+    rates,
+)
 from ogi_ray.parallel.memory import evaluate_memory, predict_peak_memory, stored_per_token
 from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.parallel.shapes import Layouts, ModelSpec
@@ -131,6 +137,48 @@ def test_calibrated_gemm_rate_replaces_the_default_efficiency(dgx2):
     assert one(WIDE, probed, dp=16, rows=2)["compute_s"] == pytest.approx(2 * base)
 
 
+def _block(spec, cal, precision="bf16", **kw) -> dict[str, float]:
+    """One block's forward parts on cpu-2 under ``cal``."""
+    topo = replace(load_topology("cpu-2"), calibration=cal)
+    e = 2.0 if precision == "bf16" else 4.0
+    return {k: float(v[0]) for k, v in _block_compute(spec, lay(**kw), rates(topo, precision), e).items()}
+
+
+def test_probed_attention_rate_replaces_the_gemm_rate():
+    # tiny, 2 rows: 4 · 2 · 128² · 64 = 8,388,608 FLOPs of dense masked attention forward.
+    assert float(block_attention_flops(TINY, 2, 1)) == 8_388_608
+    unprobed = _block(TINY, Calibration(gemm_tflops=2.0), rows=2)["attn"]  # at the GEMM rate
+    assert unprobed == pytest.approx(8_388_608 / 2e12)
+    probed = _block(TINY, Calibration(gemm_tflops=2.0, attn_tflops=1.0), rows=2)["attn"]
+    assert probed == pytest.approx(2 * unprobed)
+    # Unprobed attention also pays a GEMM call's overhead (10 µs); the probed rate has it inside.
+    with_call = Calibration(gemm_tflops=2.0, gemm_overhead_us=10.0)
+    assert _block(TINY, with_call, rows=2)["attn"] == pytest.approx(8_388_608 / 2e12 + 10e-6)
+    assert _block(TINY, replace(with_call, attn_tflops=1.0), rows=2)["attn"] == pytest.approx(8_388_608 / 1e12)
+    # Under tp = 2 each rank runs half the heads.
+    assert _block(TINY, Calibration(attn_tflops=1.0), rows=2, tp=2)["attn"] == pytest.approx(4_194_304 / 1e12)
+
+
+def test_probed_elementwise_bandwidth_replaces_copy_bandwidth():
+    # tiny (h 64, f 192, gated: mlp_in 2), 2 rows of 128 tokens, bf16 (2 bytes a value):
+    # per token 20·64 + 8·64 + 2·3·192 = 2944 values, 256 · 2 · 2944 = 1,507,328 bytes.
+    assert float(block_elementwise_bytes(TINY, 2, 1, False, 2.0)) == 1_507_328
+    cal = Calibration(gemm_tflops=1.0, copy_gb_per_s=50.0, elem_gb_per_s=10.0)
+    assert _block(TINY, cal, rows=2)["elem"] == pytest.approx(1_507_328 / 10e9)
+    # Unprobed: copy bandwidth (50 GB/s).
+    assert _block(TINY, replace(cal, elem_gb_per_s=0.0), rows=2)["elem"] == pytest.approx(1_507_328 / 50e9)
+    # tp = 2 with SP splits every term: 640 + 256 + 576 = 1472 values a token.
+    assert _block(TINY, cal, rows=2, tp=2, sp=True)["elem"] == pytest.approx(256 * 2 * 1472 / 10e9)
+    # fp32: 4 bytes a value.
+    assert _block(TINY, cal, "fp32", rows=2)["elem"] == pytest.approx(256 * 4 * 2944 / 10e9)
+
+
+def test_shared_node_splits_the_probed_block_rates():
+    cal = Calibration(attn_tflops=0.4, elem_gb_per_s=8.0)
+    four = replace(load_topology("cpu-2"), calibration=cal).shared_node(4)  # 2 devices → 4 workers
+    assert (four.calibration.attn_tflops, four.calibration.elem_gb_per_s) == pytest.approx((0.2, 4.0))
+
+
 def test_wrapper_overheads_per_module_and_group():
     # 1 ms per TP-wrapped module, 2 ms per FSDP2 group, per micro-batch. tiny at tp = 2,
     # 2 blocks, 3 micro-batches: 7 linears per block (11 with SP's norms and re-layouts),
@@ -217,6 +265,7 @@ def test_fit_gemm_recovers_rate_and_overhead():
     seconds = [20e-6 + 2 * m * k * n / 2e12 for m, k, n in shapes]  # 20 µs + FLOPs at 2 TFLOP/s
     tflops, alpha = fit_gemm(shapes, seconds)
     assert tflops == pytest.approx(2.0) and alpha == pytest.approx(20.0)
+    assert type(tflops) is float and type(alpha) is float  # a Calibration of them dumps to YAML
 
 
 def test_gemm_shapes_are_the_models():

@@ -1,11 +1,15 @@
 """Analytic step-time model of the program docs/parallel.md describes, vectorised over layouts.
 
     ModelSpec, Topology (+ its Calibration), Layouts, precision
-        ──rates──► GEMM rate and per-call time, copy bandwidth, per-op time, link bandwidths
-        ──evaluate──► per candidate: compute (GEMM roofline + attention + element-wise +
-                      eager op overhead, recompute for AC), TP collectives, 1F1B slots and
-                      bubble, pipeline sends, FSDP2 all-gathers / reduce-scatters and the
-                      part compute cannot hide, AdamW and gradient clipping ─► step time
+        ──rates──► GEMM rate and per-call time, attention rate, element-wise and copy
+                   bandwidth, per-op time, link bandwidths
+        ──evaluate──► per candidate: compute (GEMM roofline
+                        + block_attention_flops at the attention rate
+                        + block_elementwise_bytes at the element-wise bandwidth
+                        + lm_loss_bytes at the loss bandwidth
+                        + eager op overhead, recompute for AC), TP collectives, 1F1B slots
+                      and bubble, pipeline sends, FSDP2 all-gathers / reduce-scatters and
+                      the part compute cannot hide, AdamW and gradient clipping ─► step time
 
 Links use the alpha-beta ring model: an all-reduce of S bytes over n ranks costs
 2(n−1)/n·S/B + 2(n−1)·α, an all-gather or reduce-scatter (n−1)/n·S/B + (n−1)·α (Patarasuk &
@@ -14,7 +18,10 @@ group gets: a data-parallel group that leaves the node shares the node's NICs wi
 other tp groups crossing them at the same time (``dp_group_bandwidth``).
 
 Constants come from the topology's Calibration (probes, fitted steps); where nothing was
-measured, from the datasheet times the published efficiencies ``DEFAULT_*``. No torch here.
+measured, from the datasheet times the published efficiencies ``DEFAULT_*`` (attention at
+the GEMM rate, element-wise work at copy bandwidth). ``calibrate.fit_block_rates`` fits the
+attention rate and the element-wise bandwidth with the two count functions used here. No
+torch here.
 """
 
 from __future__ import annotations
@@ -66,10 +73,15 @@ def gather_time(n: Any, nbytes: Any, bw: Any, alpha: Any) -> np.ndarray:
 class Rates:
     flops: float  # GEMM FLOP/s
     gemm_s: float  # fixed time per GEMM call
-    copy: float  # bytes/s of element-wise traffic (0: no memory-bound term)
+    attn: float  # attention FLOP/s (block_attention_flops per second)
+    attn_s: float  # fixed time per attention call (0 when probed: the rate includes it)
+    copy: float  # bytes/s of memory traffic: GEMM roofline, loss, AdamW (0: no memory term)
+    elem: float  # bytes/s of one block's element-wise chain (block_elementwise_bytes; 0: none)
+    loss: float  # bytes/s of the LM loss over the logits (lm_loss_bytes; 0: none)
     op_s: float  # fixed time per eager op
     tp_module_s: float  # per TP/SP-parallelised module and micro-batch
     fsdp_group_s: float  # per FSDP2 group and micro-batch
+    dp_group_s: float  # per FSDP2 group and micro-batch, only when dp > 1
     intra: float  # bus bytes/s per device inside a node
     inter: float  # bus bytes/s per device between nodes (per NIC share)
     a_intra: float
@@ -89,9 +101,15 @@ def rates(topo: Topology, precision: str = "bf16") -> Rates:
     intra = cal.intra_bus_gbps or topo.intra_node_gbps * DEFAULT_LINK_EFFICIENCY
     inter = cal.inter_bus_gbps or topo.inter_node_gbps * DEFAULT_LINK_EFFICIENCY
     kind = "cpu" if topo.gpu == "cpu" else "gpu"
+    gemm_s = cal.gemm_overhead_us * 1e-6
+    # Unprobed attention is priced as one more GEMM call (rate and per-call time).
+    attn, attn_s = (cal.attn_tflops * 1e12, 0.0) if cal.attn_tflops else (flops, gemm_s)
     return Rates(
-        flops=flops, gemm_s=cal.gemm_overhead_us * 1e-6, copy=copy, op_s=cal.op_overhead_us * 1e-6,
+        flops=flops, gemm_s=gemm_s, attn=attn, attn_s=attn_s, copy=copy,
+        elem=cal.elem_gb_per_s * 1e9 or copy, loss=cal.loss_gb_per_s * 1e9 or copy,
+        op_s=cal.op_overhead_us * 1e-6,
         tp_module_s=cal.tp_module_overhead_us * 1e-6, fsdp_group_s=cal.fsdp_group_overhead_us * 1e-6,
+        dp_group_s=cal.dp_group_overhead_us * 1e-6,
         intra=max(intra, 1e-9) * 1e9 / 8, inter=max(inter, 1e-9) * 1e9 / 8,
         a_intra=(cal.intra_latency_us or topo.intra_latency_us) * 1e-6,
         a_inter=(cal.inter_latency_us or topo.inter_latency_us) * 1e-6,
@@ -122,20 +140,43 @@ def _gemm(rows: Any, k: Any, n: Any, r: Rates, e: float) -> tuple[np.ndarray, np
     return t + r.gemm_s, flops
 
 
+def block_attention_flops(spec: ModelSpec, rows: Any, tp: Any) -> np.ndarray:
+    """Forward FLOPs of one block's dense masked attention for ``rows`` rows on one rank:
+    QKᵀ and PV over the whole (S, S) product (the kernel skips nothing masked), 2·S²·hd
+    each per head, h/tp of the head width per rank: 4·rows·S²·h/tp."""
+    s = float(spec.seq_len)
+    return np.asarray(4.0 * rows * s * s * spec.hidden / tp, dtype=np.float64)
+
+
+def block_elementwise_bytes(spec: ModelSpec, rows: Any, tp: Any, sp: Any, e: float) -> np.ndarray:
+    """Forward bytes of one block's element-wise traffic for ``rows`` rows on one rank, at
+    ``e`` bytes per value. Per token: norms and residual adds 20h (split by tp under SP),
+    rotary and casts 8h/tp, the MLP activation 2(mlp_in + 1)·f/tp; each value written
+    once and read once."""
+    h, f = float(spec.hidden), float(spec.ffn)
+    rr = np.where(sp, tp, 1.0)
+    per_token = 20 * h / rr + 8 * h / tp + 2 * (spec.mlp_in + 1) * f / tp
+    return np.asarray(rows * spec.seq_len * e * per_token, dtype=np.float64)
+
+
+def lm_loss_bytes(spec: ModelSpec, rows: Any) -> np.ndarray:
+    """Bytes the LM loss moves for ``rows`` rows, forward and backward: the fp32 copy of
+    the (rows·T, V) logits, log-softmax, its backward and the gradient cast back, about
+    8 logit-sized fp32 passes (memory.py's buffers), 32 bytes per logit; 0 without a vocab."""
+    return np.asarray(32.0 * rows * spec.text_tokens * spec.vocab, dtype=np.float64)
+
+
 def _block_compute(spec: ModelSpec, lay: Layouts, r: Rates, e: float) -> dict[str, np.ndarray]:
     """Forward time of one block for one micro-batch on one rank, split by kind."""
-    h, f, s = float(spec.hidden), float(spec.ffn), float(spec.seq_len)
+    h, f = float(spec.hidden), float(spec.ffn)
     tp = lay.tp
-    rows = lay.rows * s
-    gemm = np.zeros_like(rows)
+    tokens = lay.rows * spec.seq_len
+    gemm = np.zeros_like(tokens)
     for k, n, count in ((h, h / tp, 3), (h / tp, h, 1), (h, f / tp, spec.mlp_in), (f / tp, h, 1)):
-        gemm = gemm + count * _gemm(rows, k, n, r, e)[0]
-    attn = 4.0 * lay.rows * s * s * h / tp / r.flops + r.gemm_s  # dense masked kernel
-    # Element-wise traffic per token: norms and residual adds (split by SP), rotary,
-    # casts and the MLP activation (split by TP): each value written once, read once.
-    rr = np.where(lay.sp, tp, 1.0)
-    elem_bytes = rows * e * (20 * h / rr + 8 * h / tp + 2 * (spec.mlp_in + 1) * f / tp)
-    elem = elem_bytes / r.copy if r.copy > 0 else np.zeros_like(rows)
+        gemm = gemm + count * _gemm(tokens, k, n, r, e)[0]
+    attn = block_attention_flops(spec, lay.rows, tp) / r.attn + r.attn_s
+    elem_bytes = block_elementwise_bytes(spec, lay.rows, tp, lay.sp, e)
+    elem = elem_bytes / r.elem if r.elem > 0 else np.zeros_like(tokens)
     return {"gemm": gemm, "attn": attn, "elem": elem}
 
 
@@ -151,6 +192,24 @@ def _tp_time(spec: ModelSpec, lay: Layouts, r: Rates, e: float) -> tuple[np.ndar
     sp_pair = gather_time(lay.tp, 4 * msg, r.intra, r.a_intra) + gather_time(lay.tp, e * msg, r.intra, r.a_intra)
     one = np.where(lay.sp, sp_pair, ar)
     return 2 * one, 2 * one
+
+
+def block_seconds(spec: ModelSpec, rows: int, tp: int, cal: Calibration, precision: str = "bf16") -> tuple[float, float]:
+    """(compute, TP communication) seconds of one block's forward + backward for ``rows``
+    rows on one of ``tp`` ranks of a CPU node (no SP, no AC, no wrapper cost), at ``cal``'s
+    constants: what probe_ranks.fit_tp_overhead subtracts from a measured TP block. The
+    node's datasheet figures are placeholders, used only for constants ``cal`` lacks."""
+    from ogi_ray.parallel.memory import act_bytes
+    from ogi_ray.parallel.plan import ParallelPlan
+
+    node = Topology(nodes=1, gpus_per_node=tp, gpu="cpu", hbm_gib=1.0, peak_tflops=1.0, intra_node_gbps=1.0,
+                    inter_node_gbps=0.0, calibration=cal)  # fmt: skip
+    lay = Layouts.from_plans([ParallelPlan(tp=tp, micro_batch_rows=rows)])
+    r, e = rates(node, precision), act_bytes(precision)
+    blk = _block_compute(spec, lay, r, e)
+    compute = 3 * (blk["gemm"] + blk["attn"] + blk["elem"]) + (OPS_PER_BLOCK["fwd"] + OPS_PER_BLOCK["bwd"]) * r.op_s
+    f, b = _tp_time(spec, lay, r, e)
+    return float(compute[0]), float((f + b)[0])
 
 
 def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf16") -> dict[str, np.ndarray]:
@@ -175,10 +234,10 @@ def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf
     # reduce-scatter outputs but re-gathers the SP norm outputs (fp32) in backward.
     regather = 2 * gather_time(tp, 4 * b * s * h, r.intra, r.a_intra)
     tp_re = np.select([lay.ac == 2, (lay.ac == 1) & lay.sp], [tp_f, regather], 0.0)
-    # Heads are replicated over tp: every tp rank runs the whole LM head. The loss reads
-    # and writes the logit-sized buffers (memory.py) about twice.
+    # Heads are replicated over tp: every tp rank runs the whole LM head. The loss
+    # (forward + backward) at the loss bandwidth (calibrate.probe_lm_head), else copy's.
     head_t = _gemm(b * T, h, V, r, e)[0] if V else np.zeros_like(b)
-    loss_t = 32 * b * T * V / r.copy if (V and r.copy > 0) else np.zeros_like(b)
+    loss_t = lm_loss_bytes(spec, b) / r.loss if (V and r.loss > 0) else np.zeros_like(b)
     root = 3 * head_t + loss_t + OPS_ROOT_PER_MICROBATCH * r.op_s
     # The tuner's ‖∂L_i/∂h‖ (first micro-batch, last stage): one more backward through the
     # head and the loss, outside the pipeline's slots.
@@ -186,8 +245,9 @@ def evaluate(spec: ModelSpec, topo: Topology, lay: Layouts, precision: str = "bf
     # Python-side wrappers: the block's TP modules (7 linears; SP adds 2 norms and 2 input
     # re-layouts) and one FSDP2 group per block plus the root.
     tp_modules = np.where(tp > 1, GEMMS_PER_BLOCK - (0 if spec.gated_mlp else 1) + 4.0 * lay.sp, 0.0)
-    wrappers = tp_modules * r.tp_module_s + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
-    root = root + np.where(lay.world > 1, r.fsdp_group_s, 0.0)
+    group = np.where(lay.world > 1, r.fsdp_group_s, 0.0) + np.where(dp > 1, r.dp_group_s, 0.0)
+    wrappers = tp_modules * r.tp_module_s + group
+    root = root + group
     stage = lambda L, extra: L * (fwd + bwd + recompute + wrappers) + extra  # noqa: E731
     compute_first = stage(L_first, np.where(pp == 1, root, 0.0))
     compute_last = stage(L_last, root)

@@ -10,7 +10,8 @@ nodes). It is filled in one of two ways and then handed to the planner unchanged
 
 The datasheet side (peak, bandwidths, latencies) says what the hardware is; the nested
 :class:`Calibration` says what this software reaches on it (matmul rate at the model's
-own shapes, copy bandwidth, collective bus bandwidth, constants fitted to measured steps).
+own shapes, attention rate, element-wise and copy bandwidth, collective bus bandwidth,
+constants fitted to measured steps).
 A zero in it means "not measured": the cost model then falls back to the datasheet
 figure times a published efficiency (cost.py, ``DEFAULT_*``).
 
@@ -46,10 +47,21 @@ class Calibration:
     gemm_overhead_us: float = 0.0  # fixed time per GEMM call (dispatch, launch), fitted with it
     copy_gb_per_s: float = 0.0  # achieved memory copy bandwidth (read + write), GB/s per device
     op_overhead_us: float = 0.0  # fixed time per non-GEMM op of an eager step (autograd included)
+    # One block's dense masked attention and element-wise chain (calibrate.probe_block),
+    # in the cost model's own counts (cost.block_attention_flops, block_elementwise_bytes);
+    # 0: attention at gemm_tflops, element-wise work at copy_gb_per_s.
+    attn_tflops: float = 0.0  # achieved rate of the attention kernel, forward + backward
+    elem_gb_per_s: float = 0.0  # effective bandwidth of the element-wise chain, GB/s
+    # The LM loss (fp32 log-softmax over the logits, forward + backward) in cost.lm_loss_bytes
+    # (calibrate.probe_lm_head); 0: at copy_gb_per_s.
+    loss_gb_per_s: float = 0.0
     # Python-side cost per micro-batch (forward + backward) of one TP/SP-parallelised module
     # (DTensor dispatch, redistributes) and of one FSDP2 group (hooks, copy-in/out).
     tp_module_overhead_us: float = 0.0
     fsdp_group_overhead_us: float = 0.0
+    # Per FSDP2 group and micro-batch when dp > 1, beyond the ring model's transfers and the
+    # hooks: copy-in/out and the waits between busy ranks (probe_ranks.probe_fsdp).
+    dp_group_overhead_us: float = 0.0
     intra_bus_gbps: float = 0.0  # measured ring bus bandwidth inside a node, Gbit/s per device
     inter_bus_gbps: float = 0.0  # the same between nodes (one group alone on the NICs)
     intra_latency_us: float = 0.0  # measured alpha per ring step; 0: the topology's figure
@@ -65,7 +77,7 @@ class Calibration:
 
     def validate(self) -> None:
         for key in ("gemm_tflops", "gemm_overhead_us", "copy_gb_per_s", "op_overhead_us",
-                    "tp_module_overhead_us", "fsdp_group_overhead_us",
+                    "attn_tflops", "elem_gb_per_s", "loss_gb_per_s", "tp_module_overhead_us", "fsdp_group_overhead_us", "dp_group_overhead_us",
                     "intra_bus_gbps", "inter_bus_gbps", "intra_latency_us", "inter_latency_us",
                     "step_overhead_s", "memory_overhead_mib"):
             if getattr(self, key) < 0:
@@ -144,7 +156,9 @@ class Topology:
             raise ValueError(f"workers: must be >= 1, got {workers}")
         k = self.gpus_per_node / workers
         cal = self.calibration
-        cal = replace(cal, gemm_tflops=cal.gemm_tflops * k, copy_gb_per_s=cal.copy_gb_per_s * k)
+        cal = replace(cal, gemm_tflops=cal.gemm_tflops * k, copy_gb_per_s=cal.copy_gb_per_s * k,
+                      attn_tflops=cal.attn_tflops * k, elem_gb_per_s=cal.elem_gb_per_s * k,
+                      loss_gb_per_s=cal.loss_gb_per_s * k)
         return replace(self, nodes=1, gpus_per_node=workers, hbm_gib=self.hbm_gib * k,
                        peak_tflops=self.peak_tflops * k, hbm_gb_per_s=self.hbm_gb_per_s * k,
                        calibration=cal)
