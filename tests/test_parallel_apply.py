@@ -177,6 +177,7 @@ def _train_rank(rank, world, dims_t, plan_kw, compile, save_dir):
     from ogi_ray.lineage.merkle import merkle_root
     from ogi_ray.lineage.sharded import sharded_weights_leaves
     from ogi_ray.train import checkpoint as ckpt
+    from ogi_ray.train.heldout import heldout_scores
     from ogi_ray.train.step import make_world_target
 
     cfg = _cfg()
@@ -193,9 +194,15 @@ def _train_rank(rank, world, dims_t, plan_kw, compile, save_dir):
         metrics.append(st.step.train(opt, sched, micro, lambdas=LAMBDAS, world_target=wt))
     seconds = (time.perf_counter() - t0) / STEPS
     evals = st.step.evaluate({"held": _chunk(cfg, 99, 0)}, wt)
+    # The trainer's checkpoint scores: 3 sources dealt over the dp ranks (one rank pads
+    # with a throw-away forward at dp 2), against every source evaluated on every rank.
+    held = {f"src{i}": _chunk(cfg, 98, i) for i in range(3)}
+    split = heldout_scores(st.step, held, wt, dp_rank=dp_rank, dp=dp, split=st.n_microbatches == 0)
+    whole = st.step.evaluate(held, wt)
     saved = ckpt.save(Store(save_dir), st.module, opt, sched, train_state={"step": STEPS}, world_target=wt)
     return {"metrics": metrics, "root0": root0, "root": saved.root, "dp_rank": dp_rank, "dp": dp,
-            "evals": evals, "seconds_per_step": seconds, "files": saved.files, "built": _built(st)}  # fmt: skip
+            "evals": evals, "seconds_per_step": seconds, "files": saved.files, "built": _built(st),
+            "split_scores": list(split.items()), "whole_scores": list(whole.items())}  # fmt: skip
 
 
 def _optim_state_by_name(osd) -> dict:
@@ -294,6 +301,8 @@ def test_layout_matches_single_process(reference, name, dims, plan_kw, compile, 
         assert r["built"]["sp"] == plan.sequence_parallel
         assert r["built"]["reshard_after_forward"] == plan.reshard_after_forward
         assert r["built"]["microbatches"] == plan.microbatches
+        # Held-out scores split over dp: the same bits, keys and order as all on one rank.
+        assert r["split_scores"] == r["whole_scores"] and len(r["whole_scores"]) >= 3
 
 
 # ── sharded checkpoints reshard ───────────────────────────────────────────────────────

@@ -6,10 +6,11 @@ composes named parts, each with one job:
       ─► resume: newer of Ray's checkpoint and the lineage HEAD ─► checkpoint.load
          (any layout: it reshards) ─► RunState
       ─► Trainer.run, per step:
-           Feed: this dp rank's rows of the phase corpus at the cursor (train/stream.py)
+           Feed: this dp rank's rows of the phase corpus at the cursor (train/feed.py)
            Lambdas: λ from the tuner actor, never blocking the step
            Stepper.step.train ─► reduce_metrics ─► MetricsLog (rank 0)
-           every checkpoint: evaluate ─► checkpoint.save (every rank its shards)
+           every checkpoint: held-out scores, the sources split over dp (train/heldout.py)
+             ─► checkpoint.save (every rank its shards)
              ─► LineageHook.record ─► ray.train.report (NO_UPLOAD: already in storage)
              ─► LineageHook.append ─► (evals on) the eval actor, not waited on
 
@@ -39,9 +40,10 @@ from ogi_ray.parallel.plan import ParallelPlan
 from ogi_ray.scaling.batch import GradientNoiseScale, cap_batch
 from ogi_ray.storage import Store
 from ogi_ray.train import checkpoint as ckpt
-from ogi_ray.train.accounting import Consumption, model_slots
+from ogi_ray.train.accounting import Consumption
 from ogi_ray.train.config import JobConfig, job_from_dict
-from ogi_ray.train.data import COLUMNS, collate, collate_step, read_heldout, seeded_generator
+from ogi_ray.train.feed import Feed
+from ogi_ray.train.heldout import heldout_scores
 from ogi_ray.train.lineage_hook import LineageHook, call_actor, checkpoint_name
 from ogi_ray.train.metrics_log import MetricsLog, reduce_metrics
 from ogi_ray.train.optim import build_optimizer
@@ -49,7 +51,7 @@ from ogi_ray.train.phases import Phase, phase_at
 from ogi_ray.train.run_state import RunState, resume_point
 from ogi_ray.train.step import make_world_target
 from ogi_ray.train.stepper import Stepper, build_stepper
-from ogi_ray.train.stream import CorpusOrder, RankStream, RowReader
+from ogi_ray.train.stream import CorpusOrder
 from ogi_ray.train.tuner import normalise
 
 
@@ -138,54 +140,6 @@ class Lambdas:
         vals = broadcast_floats([self.current.get(n, 1.0) for n in self.objectives] + [float(accum)])
         self.current = dict(zip(self.objectives, vals[:-1], strict=True))
         return int(vals[-1])
-
-
-class Feed:
-    """This dp rank's collated micro-batches from each phase's corpus."""
-
-    def __init__(self, spec: WorkerSpec, dp_rank: int, dp: int, *, prefetch: bool) -> None:
-        self.spec, self.dp_rank, self.dp, self.prefetch = spec, dp_rank, dp, prefetch
-        self.streams: dict[int, RankStream] = {}
-        self._heldout: dict[int, dict[str, Any]] = {}
-        self._slots = model_slots(spec.job.model)
-        self._counts: dict[int, list[float]] = {}  # step → this rank's raw/fed token vector
-        self._phase = 0
-
-    def _collate(self, rows: list[dict[str, Any]], step: int) -> list[dict[str, torch.Tensor]]:
-        # The stream may collate the next step ahead (prefetch): counts wait by step.
-        acc = self.spec.accounting[self._phase]
-        vec = [0.0] * acc.size()
-        for r in rows:
-            vec = [a + b for a, b in zip(vec, acc.count(r, self._slots), strict=True)]
-        self._counts[step] = vec
-        return collate_step(rows, self.spec.job.model, self.spec.job.loop.seed, step, self.dp_rank)
-
-    def get(self, phase: int, step: int, cursor: int, accum: int) -> list[dict[str, torch.Tensor]]:
-        if phase not in self.streams:
-            for s in self.streams.values():  # the previous phase's reader is done
-                s.close()
-            self._phase, self._counts = phase, {}
-            reader = RowReader(self.spec.orders[phase], COLUMNS)
-            self.streams = {phase: RankStream(reader, self.dp_rank, self.dp, self.spec.batch_size, self._collate,
-                                              prefetch=self.prefetch)}  # fmt: skip
-        return self.streams[phase].get(step, cursor, accum)
-
-    def counts(self, step: int) -> list[float]:
-        """The raw/fed token vector of ``step``'s rows on this rank (accounting.Consumption)."""
-        return self._counts.pop(step)
-
-    def heldout(self, phase: int) -> dict[str, dict[str, torch.Tensor]]:
-        """The phase corpus' held-out rows per source, collated once."""
-        if phase not in self._heldout:
-            job = self.spec.job
-            rows = read_heldout(self.spec.heldout[phase], job.data.eval_rows_per_source)
-            self._heldout[phase] = {s: collate(r, job.model, seeded_generator(job.loop.seed, -1, 0))
-                                    for s, r in rows.items()}  # fmt: skip
-        return self._heldout[phase]
-
-    def close(self) -> None:
-        for s in self.streams.values():
-            s.close()
 
 
 class Trainer:
@@ -373,7 +327,8 @@ class Trainer:
 
         self.finish_checkpoint()  # one background save at a time
         t0 = time.perf_counter()
-        self.scores = self.stepper.step.evaluate(self.feed.heldout(ph.index), self.world_target)
+        self.scores = heldout_scores(self.stepper.step, self.feed.heldout(ph.index), self.world_target,
+                                     dp_rank=self.feed.dp_rank, dp=self.dp, split=self.stepper.n_microbatches == 0)  # fmt: skip
         t1 = time.perf_counter()
         tuner = self.lambdas.tuner
         train_state = {**self.state.to_dict(), "gns": self.gns.state_dict(),
