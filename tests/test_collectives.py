@@ -32,6 +32,9 @@ def _host_collectives(rank, world):
     out["floats"] = broadcast_floats([float(rank), 7.0])
     out["object"] = broadcast_object({"from": rank})
     out["gather"] = gather_to_rank0(f"r{rank}")
+    parts = [None] * world  # train/heldout.py's merge of the dp ranks' held-out scores
+    torch.distributed.all_gather_object(parts, {f"perplexity/src{rank}": 1.0 + rank})
+    out["all_gather"] = parts
     torch.manual_seed(0)
     out["leaves"] = len(sharded_weights_leaves(nn.Linear(4, 3).state_dict()))
     return out
@@ -59,4 +62,5 @@ def test_the_gpu_process_group_carries_every_host_collective():
     assert [r["floats"] for r in results] == [[0.0, 7.0]] * 2
     assert [r["object"] for r in results] == [{"from": 0}] * 2
     assert results[0]["gather"] == ["r0", "r1"] and results[1]["gather"] == []
+    assert [r["all_gather"] for r in results] == [[{"perplexity/src0": 1.0}, {"perplexity/src1": 2.0}]] * 2
     assert {r["leaves"] for r in results} == {2}
