@@ -85,7 +85,7 @@ def main() -> None:
           f"element-wise {cal.elem_gb_per_s:.2f} GB/s, LM loss {cal.loss_gb_per_s:.2f} GB/s, "
           f"copy {cal.copy_gb_per_s:.1f} GB/s, op "
           f"{cal.op_overhead_us:.1f} us, tp module {cal.tp_module_overhead_us:.0f} us, fsdp group "
-          f"{cal.fsdp_group_overhead_us:.0f} us, dp group {cal.dp_group_overhead_us:.0f} us, gloo {cal.intra_bus_gbps:.1f} GB/s + {cal.intra_latency_us:.0f} us",
+          f"{cal.fsdp_group_overhead_us:.0f} us, dp group {cal.dp_group_overhead_us:.0f} us, gloo {cal.intra_bus_gbps:.1f} Gbit/s + {cal.intra_latency_us:.0f} us",
           flush=True)  # fmt: skip
     got, pred_t, pred_m = [], [], []
     for lay, plan in zip(lays, plans, strict=True):
