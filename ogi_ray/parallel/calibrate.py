@@ -71,7 +71,7 @@ def fit_gemm(shapes: list[tuple[int, int, int]], seconds: list[float]) -> tuple[
     return float(flops.sum() / t.sum() / 1e12), 0.0
 
 
-def _timed(fn: Any, repeats: int, sync: Any) -> float:
+def best_time(fn: Any, repeats: int, sync: Any) -> float:
     """Best of ``repeats`` timings of ``fn()`` after one warm-up (shared machines are noisy;
     the best is the least disturbed)."""
     fn()
@@ -101,7 +101,7 @@ def probe_gemms(shapes: list[tuple[int, int, int]], *, device: str = "cpu", prec
     for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        out.append(_timed(lambda a=a, b=b: a @ b, repeats, sync))
+        out.append(best_time(lambda a=a, b=b: a @ b, repeats, sync))
     return out
 
 
@@ -110,7 +110,7 @@ def probe_copy(*, device: str = "cpu", mib: int = 64, repeats: int = 5) -> float
     torch, _, sync = _torch_env(device, "fp32")
     x = torch.ones(mib * 2**18, device=device)
     y = torch.empty_like(x)
-    return 2 * x.nbytes / _timed(lambda: y.copy_(x), repeats, sync) / 1e9
+    return 2 * x.nbytes / best_time(lambda: y.copy_(x), repeats, sync) / 1e9
 
 
 def probe_op_overhead(*, ops: int = 200, repeats: int = 5) -> float:
@@ -126,7 +126,7 @@ def probe_op_overhead(*, ops: int = 200, repeats: int = 5) -> float:
             y = y * 1.0001
         y.sum().backward()
 
-    return _timed(chain, repeats, sync) / (2 * ops) * 1e6
+    return best_time(chain, repeats, sync) / (2 * ops) * 1e6
 
 
 def _packed_mask(torch: Any, rows: int, seq_len: int, device: str, docs: int = 4) -> Any:
@@ -161,7 +161,7 @@ def probe_attention(spec: ModelSpec, rows: int, *, tp: int = 1, device: str = "c
                for _ in range(3))  # fmt: skip
     mask = _packed_mask(torch, rows, S, device)
     attend = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # noqa: E731
-    return _timed(_fwd_bwd(torch, attend, [q, k, v]), repeats, sync)
+    return best_time(_fwd_bwd(torch, attend, [q, k, v]), repeats, sync)
 
 
 def ogi_block_config(spec: ModelSpec) -> Any:
@@ -217,7 +217,7 @@ def probe_block(spec: ModelSpec, rows: int, *, device: str = "cpu", precision: s
         with autocast_context(device, precision):
             return block(x, cos, sin, mask)  # (rows, S, h) fp32: x + bf16 sublayer outputs
 
-    return _timed(_fwd_bwd(torch, forward, [x, *block.parameters()]), repeats, sync)
+    return best_time(_fwd_bwd(torch, forward, [x, *block.parameters()]), repeats, sync)
 
 
 def fit_block_rates(spec: ModelSpec, rows: int, block_s: float, attn_s: float, gemm_tflops: float,
@@ -261,7 +261,7 @@ def probe_lm_head(spec: ModelSpec, rows: int, *, device: str = "cpu", precision:
         with autocast_context(device, precision):
             return lm_loss(torch.nn.functional.linear(h, w), targets)  # () fp32
 
-    return _timed(_fwd_bwd(torch, forward, [h, w]), repeats, sync)
+    return best_time(_fwd_bwd(torch, forward, [h, w]), repeats, sync)
 
 
 def fit_loss_rate(spec: ModelSpec, rows: int, head_s: float, gemm_tflops: float, gemm_overhead_us: float) -> float:
@@ -302,7 +302,7 @@ def probe_wrapper_overheads(*, repeats: int = 5, calls: int = 50) -> tuple[float
             def run() -> None:
                 for _ in range(calls):
                     mod(x).sum().backward()
-            return _timed(run, repeats, lambda: None) / calls
+            return best_time(run, repeats, lambda: None) / calls
 
         plain = per_call(lin())
         tp = per_call(parallelize_module(lin(), mesh, ColwiseParallel()))

@@ -66,12 +66,12 @@ def _all_reduce_times(rank: int, world: int, sizes: list[int]) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    from ogi_ray.parallel.calibrate import _timed
+    from ogi_ray.parallel.calibrate import best_time
 
     times = []
     for n in sizes:
         x = torch.ones(n // 4)
-        times.append(_timed(lambda x=x: dist.all_reduce(x), 5, lambda: None))
+        times.append(best_time(lambda x=x: dist.all_reduce(x), 5, lambda: None))
     return times
 
 
@@ -134,7 +134,7 @@ def _fsdp_times(rank: int, world: int, spec: ModelSpec, rows: int, blocks: int, 
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from ogi_ray.parallel.calibrate import _timed
+    from ogi_ray.parallel.calibrate import best_time
 
     torch.manual_seed(0)
     plain = _stack(spec, blocks)
@@ -144,7 +144,7 @@ def _fsdp_times(rank: int, world: int, spec: ModelSpec, rows: int, blocks: int, 
         fully_shard(b, mesh=mesh)
     fully_shard(sharded, mesh=mesh)
     step = lambda m: _step(m, spec, rows, precision)  # noqa: E731
-    res = torch.tensor([_timed(step(sharded), repeats, dist.barrier), _timed(step(plain), repeats, lambda: None)],
+    res = torch.tensor([best_time(step(sharded), repeats, dist.barrier), best_time(step(plain), repeats, lambda: None)],
                        dtype=torch.float64)  # fmt: skip
     dist.all_reduce(res, op=dist.ReduceOp.MAX)
     return float(res[0]), float(res[1])
@@ -161,14 +161,14 @@ def _tp_times(rank: int, world: int, spec: ModelSpec, rows: int, blocks: int, pr
     from torch.distributed.tensor.parallel import parallelize_module
 
     from ogi_ray.parallel.apply import tp_plan
-    from ogi_ray.parallel.calibrate import _timed
+    from ogi_ray.parallel.calibrate import best_time
 
     torch.manual_seed(0)  # the same weights and inputs on every rank, as TP assumes
     model = _stack(spec, blocks)
     mesh = init_device_mesh("cpu", (world,))
     for b in model.layers:
         parallelize_module(b, mesh, tp_plan())
-    res = torch.tensor([_timed(_step(model, spec, rows, precision), repeats, dist.barrier)], dtype=torch.float64)
+    res = torch.tensor([best_time(_step(model, spec, rows, precision), repeats, dist.barrier)], dtype=torch.float64)
     dist.all_reduce(res, op=dist.ReduceOp.MAX)
     return float(res[0])
 
