@@ -192,71 +192,56 @@ def batch_source(table: pa.Table, job: Any, rows: int, rank: int = 0, world: int
 
 
 def run_distributed(args: argparse.Namespace) -> None:
-    """Spawn ``args.nproc`` ranks of ``_rank`` and print rank 0's JSON line."""
-    import socket
+    """``args.nproc`` ranks of ``_rank`` (probe_ranks.run_ranks, 1/nproc of the threads
+    each, gloo on CPU, ``cpu:gloo,cuda:nccl`` on GPUs); print rank 0's JSON line."""
+    from ogi_ray.parallel.device import process_group_backend
+    from ogi_ray.parallel.probe_ranks import run_ranks
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     threads = max(1, torch.get_num_threads() // args.nproc)
-    q = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank, args=(args.nproc, port, threads, args, q), nprocs=args.nproc, start_method="spawn")
-    print(json.dumps(q.get()))
+    gpu = resolve(DeviceConfig(device=args.device, precision=args.precision)).use_gpu
+    res = run_ranks(_rank, args.nproc, args, threads=threads, backend=process_group_backend(gpu))
+    print(json.dumps({**res, "threads_per_rank": threads}))
 
 
-def _rank(rank: int, world: int, port: int, threads: int, args: argparse.Namespace, out: Any) -> None:
+def _rank(rank: int, world: int, args: argparse.Namespace) -> dict[str, Any]:
     """One rank of the torchrun-style baseline: the trainer's own build_stepper for dp =
     world, its own rows, fixed λ; time steps 2.. between barriers."""
     import torch.distributed as dist
 
-    from ogi_ray.parallel.device import process_group_backend
     from ogi_ray.parallel.plan import ParallelPlan
     from ogi_ray.train.stepper import build_stepper
 
-    torch.set_num_threads(threads)
     job, placement, table = load_job(args)
-    if placement.use_gpu:  # one GPU per rank, as Ray Train assigns them
+    if placement.use_gpu:  # one GPU per rank, as Ray Train assigns them (before any collective)
         placement = replace(placement, device=torch.device("cuda", rank))
         torch.cuda.set_device(placement.device)
-    dist.init_process_group(process_group_backend(placement.use_gpu), init_method=f"tcp://127.0.0.1:{port}",
-                            rank=rank, world_size=world)  # fmt: skip
-    try:
-        plan = ParallelPlan(dp=world, micro_batch_rows=args.batch)
-        st = build_stepper(job.model, plan, placement, seed=0, compile=args.compile, grad_clip=1.0)
-        opt, sched = build_optimizer(st.module, job.optim, job.loop.steps)
-        world_target = make_world_target(job.model, 0, placement.device)
-        lambdas = LossWeightTuner(TunerConfig(objectives=job.model.objectives)).weights()
-        batch_at = batch_source(table, job, args.batch, rank, world)
+    plan = ParallelPlan(dp=world, micro_batch_rows=args.batch)
+    st = build_stepper(job.model, plan, placement, seed=0, compile=args.compile, grad_clip=1.0)
+    opt, sched = build_optimizer(st.module, job.optim, job.loop.steps)
+    world_target = make_world_target(job.model, 0, placement.device)
+    lambdas = LossWeightTuner(TunerConfig(objectives=job.model.objectives)).weights()
+    batch_at = batch_source(table, job, args.batch, rank, world)
 
-        def sync() -> None:
-            if placement.use_gpu:
-                torch.cuda.synchronize()
-            dist.barrier()
+    def sync() -> None:
+        if placement.use_gpu:
+            torch.cuda.synchronize()
+        dist.barrier()
 
-        tokens, t0 = 0, 0.0
-        for step in range(args.steps):
-            batch = batch_at(step)
-            st.step.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
-            tokens += int(batch["n_tokens"])
-            if step == 1:  # exclude warm-up, as the one-process loop does
-                sync()
-                t0, tokens = time.perf_counter(), 0
-        sync()
-        dt = time.perf_counter() - t0
-        total = torch.tensor([float(tokens)], dtype=torch.float64)
-        dist.all_reduce(total)  # a host tensor: the gloo half of the group on GPUs too
-        if rank == 0:
-            out.put({"preset": args.preset, "nproc": world, "threads_per_rank": threads,
-                     "rows_per_rank": args.batch, "steps": args.steps,
-                     "text_tokens_per_s": float(total) / dt, "step_s": dt / (args.steps - 2),
-                     "text_tokens_per_step": float(total) / (args.steps - 2)})  # fmt: skip
-    finally:
-        dist.destroy_process_group()
-    from memory_model_check import exit_now  # (benchmarks/ is on the path of a script run)
-
-    exit_now()  # the same abort at teardown as memory_model_check's ranks
+    tokens, t0 = 0, 0.0
+    for step in range(args.steps):
+        batch = batch_at(step)
+        st.step.train(opt, sched, [batch], lambdas=lambdas, world_target=world_target)
+        tokens += int(batch["n_tokens"])
+        if step == 1:  # exclude warm-up, as the one-process loop does
+            sync()
+            t0, tokens = time.perf_counter(), 0
+    sync()
+    dt = time.perf_counter() - t0
+    total = torch.tensor([float(tokens)], dtype=torch.float64)
+    dist.all_reduce(total)  # a host tensor: the gloo half of the group on GPUs too
+    return {"preset": args.preset, "nproc": world, "rows_per_rank": args.batch, "steps": args.steps,
+            "text_tokens_per_s": float(total) / dt, "step_s": dt / (args.steps - 2),
+            "text_tokens_per_step": float(total) / (args.steps - 2)}  # fmt: skip
 
 
 def profile_steps(step_fn: PlainStep, opt, sched, batch_at, first: int, n: int, lambdas, world_target, *,

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import time
 import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -76,15 +74,15 @@ class LiveTensors(TorchDispatchMode):
         return out
 
 
-def _rank(rank: int, world: int, port: int, preset_name: str, lay: dict[str, Any], out: Any) -> None:
+def _rank(rank: int, world: int, preset_name: str, lay: dict[str, Any]) -> tuple[float, float, float]:
+    """One rank of a layout (probe_ranks.run_ranks: gloo, one thread): the busiest rank's
+    (peak bytes, median wall s, median CPU s) on every rank."""
     from ogi_ray.model.config import preset
     from ogi_ray.parallel.device import Placement
     from ogi_ray.parallel.plan import ParallelPlan
     from ogi_ray.train.optim import OptimConfig, build_optimizer
     from ogi_ray.train.stepper import build_stepper
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     cfg = preset(preset_name)
     plan = ParallelPlan(dp=lay["dp"], tp=lay["tp"], pp=lay["pp"], microbatches=lay["mbs"], micro_batch_rows=lay["rows"],
                         activation_checkpoint=lay["ac"], sequence_parallel=lay["sp"],
@@ -113,23 +111,7 @@ def _rank(rank: int, world: int, port: int, preset_name: str, lay: dict[str, Any
     # (peak bytes, median wall s, median CPU s), each the largest over ranks.
     res = torch.tensor([float(live.peak), _median(walls), _median(cpus)], dtype=torch.float64)
     dist.all_reduce(res, op=dist.ReduceOp.MAX)
-    if rank == 0:
-        out.put(tuple(res.tolist()))
-    dist.destroy_process_group()
-    exit_now()
-
-
-def exit_now() -> None:
-    """End a spawned rank without interpreter teardown. About 1 run in 4 of a 2-rank FSDP2
-    step on gloo (torch 2.13) aborts at exit, after destroy_process_group, with
-    "terminate called without an active exception" (a C++ thread object destroyed while
-    joinable), and torch.multiprocessing then raises for the whole measurement although
-    its result is already in the queue. Nothing is left to flush at this point."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return tuple(res.tolist())
 
 
 def _median(xs: list[float]) -> float:
@@ -151,13 +133,9 @@ def parse_layout(text: str) -> dict[str, Any]:
 def measure(preset_name: str, lay: dict[str, Any]) -> tuple[float, float, float]:
     """(peak bytes, median wall seconds, median CPU seconds per step) on the busiest rank;
     the times are 0 unless ``lay["steps"]`` asks for timed steps."""
-    world = lay["dp"] * lay["tp"] * lay["pp"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    q = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank, args=(world, port, preset_name, lay, q), nprocs=world, start_method="spawn")
-    return q.get()
+    from ogi_ray.parallel.probe_ranks import run_ranks
+
+    return run_ranks(_rank, lay["dp"] * lay["tp"] * lay["pp"], preset_name, lay)
 
 
 def main() -> None:

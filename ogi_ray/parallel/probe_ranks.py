@@ -32,14 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, fn: Any, args: tuple, out: Any) -> None:
+def _rank_main(rank: int, world: int, port: int, fn: Any, args: tuple, threads: int, backend: str,
+               out: Any) -> None:  # fmt: skip
     import os
 
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(1)  # one core per rank, as the measured layouts run
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         res = fn(rank, world, *args)
         if rank == 0:
@@ -47,18 +48,22 @@ def _rank_main(rank: int, world: int, port: int, fn: Any, args: tuple, out: Any)
     finally:
         dist.destroy_process_group()
     # About 1 run in 4 of an FSDP2 step on gloo (torch 2.13) aborts at interpreter exit,
-    # after destroy_process_group ("terminate called without an active exception"), and
-    # torch.multiprocessing then fails the whole probe: the result is already sent.
+    # after destroy_process_group ("terminate called without an active exception", a C++
+    # thread object destroyed while joinable), and torch.multiprocessing then fails the
+    # whole run although the result is already sent. Nothing is left to flush here.
     os._exit(0)
 
 
-def run_ranks(fn: Any, world: int, *args: Any) -> Any:
-    """``fn(rank, world, *args)`` in ``world`` spawned processes on one gloo group, one
-    thread each; rank 0's result. ``fn`` must be importable (a module-level function)."""
+def run_ranks(fn: Any, world: int, *args: Any, threads: int = 1, backend: str = "gloo") -> Any:
+    """``fn(rank, world, *args)`` in ``world`` spawned processes on one process group of
+    ``backend``, ``threads`` torch threads each (one: a core per rank, as the measured
+    layouts run); rank 0's result. ``fn`` must be importable (a module-level function, or
+    one of the running script's). The probes here and the benchmarks' ranks use it."""
     import torch.multiprocessing as mp
 
     q = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank_main, args=(world, free_port(), fn, args, q), nprocs=world, start_method="spawn")
+    mp.start_processes(_rank_main, args=(world, free_port(), fn, args, threads, backend, q), nprocs=world,
+                       start_method="spawn")  # fmt: skip
     return q.get()
 
 
